@@ -39,7 +39,7 @@ def look_at_world_to_cam(eye: Tensor, target: Tensor, up: Tensor | None = None) 
     if up is None:
         up = torch.tensor([0.0, 1.0, 0.0], device=eye.device, dtype=eye.dtype).expand_as(eye)
     z = torch.nn.functional.normalize(target - eye, dim=-1)  # forward
-    x = torch.nn.functional.normalize(torch.cross(z, -up, dim=-1), dim=-1)  # right (image y is down)
+    x = torch.nn.functional.normalize(torch.cross(z, up, dim=-1), dim=-1)  # right: x = y_down x z = z x up
     y = torch.cross(z, x, dim=-1)  # down
     R = torch.stack([x, y, z], dim=-2)  # rows are camera axes in world coordinates
     t = -(R @ eye.unsqueeze(-1)).squeeze(-1)
@@ -156,7 +156,9 @@ class Cameras:
         B, H, W = self.batch_size, self.height, self.width
         dev, dt = self.K.device, self.K.dtype
         ys, xs = torch.meshgrid(
-            torch.arange(H, device=dev, dtype=dt) + 0.5, torch.arange(W, device=dev, dtype=dt) + 0.5, indexing="ij"
+            torch.arange(H, device=dev, dtype=dt) + 0.5,
+            torch.arange(W, device=dev, dtype=dt) + 0.5,
+            indexing="ij",
         )
         pix = torch.stack([xs, ys, torch.ones_like(xs)], dim=-1).reshape(1, -1, 3)  # [1, HW, 3]
         d_cam = pix @ torch.linalg.inv(self.K).transpose(-1, -2)  # [B, HW, 3] with z = 1
