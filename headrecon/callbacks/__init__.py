@@ -1,0 +1,5 @@
+"""Lightning callbacks."""
+
+from headrecon.callbacks.densify import Densifiable, DensifyPrune
+
+__all__ = ["Densifiable", "DensifyPrune"]
