@@ -16,66 +16,9 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse
 
+from tests.meshes import icosphere
+
 N_SHAPE, N_EXPR = 300, 100
-
-
-def _icosphere(subdiv: int) -> tuple[np.ndarray, np.ndarray]:
-    t = (1 + 5**0.5) / 2
-    v = [
-        [-1, t, 0],
-        [1, t, 0],
-        [-1, -t, 0],
-        [1, -t, 0],
-        [0, -1, t],
-        [0, 1, t],
-        [0, -1, -t],
-        [0, 1, -t],
-        [t, 0, -1],
-        [t, 0, 1],
-        [-t, 0, -1],
-        [-t, 0, 1],
-    ]
-    f = [
-        [0, 11, 5],
-        [0, 5, 1],
-        [0, 1, 7],
-        [0, 7, 10],
-        [0, 10, 11],
-        [1, 5, 9],
-        [5, 11, 4],
-        [11, 10, 2],
-        [10, 7, 6],
-        [7, 1, 8],
-        [3, 9, 4],
-        [3, 4, 2],
-        [3, 2, 6],
-        [3, 6, 8],
-        [3, 8, 9],
-        [4, 9, 5],
-        [2, 4, 11],
-        [6, 2, 10],
-        [8, 6, 7],
-        [9, 8, 1],
-    ]
-    verts = [np.array(p, float) / np.linalg.norm(p) for p in v]
-    faces = f
-    for _ in range(subdiv):
-        cache: dict[tuple[int, int], int] = {}
-
-        def mid(a: int, b: int, cache: dict = cache) -> int:
-            key = (min(a, b), max(a, b))
-            if key not in cache:
-                m = verts[a] + verts[b]
-                verts.append(m / np.linalg.norm(m))
-                cache[key] = len(verts) - 1
-            return cache[key]
-
-        new = []
-        for a, b, c in faces:
-            ab, bc, ca = mid(a, b), mid(b, c), mid(c, a)
-            new += [[a, ab, ca], [b, bc, ab], [c, ca, bc], [ab, bc, ca]]
-        faces = new
-    return np.array(verts), np.array(faces, dtype=np.int64)
 
 
 def make_tiny_flame(seed: int = 0, subdiv: int = 2) -> dict:
@@ -85,7 +28,7 @@ def make_tiny_flame(seed: int = 0, subdiv: int = 2) -> dict:
     ``dynamic_embedding``, ``uvs``/``uv_faces``, ``eyelids`` and ``masks``.
     """
     rng = np.random.default_rng(seed)
-    v, f = _icosphere(subdiv)
+    v, f = icosphere(subdiv)
     v = v * 0.1
     V, F = len(v), len(f)
     shapedirs = rng.normal(0, 1e-3, (V, 3, N_SHAPE + N_EXPR))

@@ -7,7 +7,7 @@ from scipy.spatial.transform import Rotation
 
 from headrecon.gaussians.binding import bind_to_mesh, triangle_frames
 from headrecon.gaussians.rotations import quat_multiply, quat_to_rotmat, rotmat_to_quat
-from tests.flame_files import _icosphere
+from tests.meshes import icosphere
 
 D = torch.float64
 
@@ -33,7 +33,7 @@ def test_quaternion_round_trip_and_product():
 
 def _scene(B=2, N=40, seed=0):
     g = torch.Generator().manual_seed(seed)
-    v, f = _icosphere(1)
+    v, f = icosphere(1)
     v = (
         torch.from_numpy(v * 0.1)[None].repeat(B, 1, 1)
         + torch.randn(B, len(v), 3, generator=g, dtype=D) * 0.005

@@ -12,7 +12,7 @@ from headrecon.flame.topology import (
     sample_points_on_faces,
     uv_rasterize,
 )
-from tests.flame_files import _icosphere
+from tests.meshes import icosphere
 
 
 def _brute_rings(faces: np.ndarray, k: int, by: str) -> set[tuple[int, int]]:
@@ -33,7 +33,7 @@ def _brute_rings(faces: np.ndarray, k: int, by: str) -> set[tuple[int, int]]:
 @pytest.mark.parametrize("by", ["vertex", "edge"])
 @pytest.mark.parametrize("k", [1, 2, 3])
 def test_k_ring_matches_bfs(by, k):
-    _, f = _icosphere(1)
+    _, f = icosphere(1)
     got = k_ring_face_neighbours(torch.from_numpy(f), k, by=by)
     assert set(map(tuple, got.T.tolist())) == _brute_rings(f, k, by)
     if k == 1:
@@ -41,13 +41,13 @@ def test_k_ring_matches_bfs(by, k):
 
 
 def test_edge_adjacency_of_closed_mesh_has_three_neighbours():
-    _, f = _icosphere(2)
+    _, f = icosphere(2)
     e = face_adjacency(torch.from_numpy(f), by="edge")
     assert torch.bincount(e[0], minlength=len(f)).eq(3).all()
 
 
 def test_self_loops_optional():
-    _, f = _icosphere(0)
+    _, f = icosphere(0)
     e = k_ring_face_neighbours(torch.from_numpy(f), 1, include_self=True)
     assert (e[0] == e[1]).sum() == len(f)
 
@@ -69,7 +69,7 @@ def test_sampling_is_area_weighted_and_on_surface():
 
 
 def test_interpolate_batched_and_differentiable():
-    v, f = _icosphere(1)
+    v, f = icosphere(1)
     v = torch.from_numpy(v)[None].repeat(2, 1, 1).requires_grad_()
     f = torch.from_numpy(f)
     ids, bary = sample_points_on_faces(v[0].detach(), f, 50, generator=torch.Generator().manual_seed(1))
