@@ -2,9 +2,10 @@
 
     headrecon assets procedural-flame --out DIR [--seed N] [--preview PNG]
     headrecon assets convert-flame SRC --out DIR
-    headrecon bench render [...]
+    headrecon bench render|estimator [...]
+    headrecon reconstruct INPUT... --ckpt CKPT --out DIR
 
-Training commands (`fit|validate|test|predict`), `data`, `reconstruct` and `eval` are added by the issues that
+Training commands (`fit|validate|test|predict`), `data` and `eval` are added by the issues that
 build them; they are absent until then rather than faked.
 """
 
@@ -45,6 +46,35 @@ def _cmd_bench_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_estimator(args: argparse.Namespace) -> int:
+    from headrecon.nets.bench_estimator import bench_estimator
+
+    bench_estimator(args.rest)
+    return 0
+
+
+def _cmd_reconstruct(args: argparse.Namespace) -> int:
+    import torch
+
+    from headrecon.modules.flame_estimator import FlameEstimator
+    from headrecon.reconstruct import ReconstructOptions, reconstruct
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    estimator = FlameEstimator.from_checkpoint(args.ckpt, flame_dir=args.flame_dir, map_location=device)
+    opts = ReconstructOptions(
+        batch_size=args.batch_size, size=estimator.hparams.img_size, crop_scale=args.crop_scale,
+        detector=args.detector, boxes=args.boxes, smooth=args.smooth, video_stride=args.video_stride,
+        max_frames=args.max_frames, overlay=not args.no_overlay, progress=not args.no_progress,
+    )  # fmt: skip
+    report = reconstruct(args.inputs, estimator, args.out, opts)
+    print(f"reconstruct: {report.summary()} -> {args.out}")
+    for path, reason in report.failures:
+        print(f"  failed: {path}: {reason}", file=sys.stderr)
+    if not report.written:
+        return 2
+    return 1 if report.failures else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="headrecon", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -75,6 +105,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=_cmd_bench_render)
+    p = bench.add_parser("estimator", help="FLAME estimator images/s (fp32, bf16) vs this machine's matmul peak",
+                         add_help=False)  # fmt: skip
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_cmd_bench_estimator)
+
+    p = sub.add_parser("reconstruct", help="FLAME heads from images, folders and videos")
+    p.add_argument("inputs", nargs="+", help="images, folders of images, videos")
+    p.add_argument("--ckpt", required=True, help="FlameEstimator or GaussianRegressor checkpoint")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument(
+        "--flame-dir", default=None, help="FLAME folder (default: the one named in the checkpoint)"
+    )
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--detector", default=None, help="insightface model folder (e.g. buffalo_l) or det_*.onnx")
+    p.add_argument(
+        "--boxes", default=None, help="box file: JSON {name: [x0,y0,x1,y1]} or CSV name,x0,y0,x1,y1"
+    )
+    p.add_argument("--crop-scale", type=float, default=1.5, help="crop side / face box side")
+    p.add_argument("--smooth", type=int, default=0, help="videos: temporal moving-average window (frames)")
+    p.add_argument("--video-stride", type=int, default=1)
+    p.add_argument("--max-frames", type=int, default=None)
+    p.add_argument("--no-overlay", action="store_true", help="skip the overlay PNGs")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.set_defaults(func=_cmd_reconstruct)
     return parser
 
 
