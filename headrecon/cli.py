@@ -2,7 +2,7 @@
 
     headrecon assets procedural-flame --out DIR [--seed N] [--preview PNG]
     headrecon assets convert-flame SRC --out DIR
-    headrecon bench render|estimator [...]
+    headrecon bench render|estimator|gaussians [...]
     headrecon reconstruct INPUT... --ckpt CKPT --out DIR
 
 Training commands (`fit|validate|test|predict`), `data` and `eval` are added by the issues that
@@ -50,6 +50,13 @@ def _cmd_bench_estimator(args: argparse.Namespace) -> int:
     from headrecon.nets.bench_estimator import bench_estimator
 
     bench_estimator(args.rest)
+    return 0
+
+
+def _cmd_bench_gaussians(args: argparse.Namespace) -> int:
+    from headrecon.gaussians.bench import bench_gaussians
+
+    bench_gaussians(args.rest)
     return 0
 
 
@@ -109,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
                          add_help=False)  # fmt: skip
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=_cmd_bench_estimator)
+    p = bench.add_parser("gaussians", help="Gaussian head forward / forward+backward", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_cmd_bench_gaussians)
 
     p = sub.add_parser("reconstruct", help="FLAME heads from images, folders and videos")
     p.add_argument("inputs", nargs="+", help="images, folders of images, videos")
@@ -133,8 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_BENCHES = {"render": _cmd_bench_render, "estimator": _cmd_bench_estimator, "gaussians": _cmd_bench_gaussians}
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) >= 2 and argv[0] == "bench" and argv[1] in _BENCHES:  # each benchmark parses its own options
+        logging.basicConfig(level=logging.WARNING)
+        return _BENCHES[argv[1]](argparse.Namespace(rest=argv[2:]))
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"

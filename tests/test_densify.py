@@ -200,3 +200,14 @@ def test_state_dict_round_trip_resizes_before_loading():
         torch.testing.assert_close(getattr(fresh, name), getattr(c, name))
     torch.testing.assert_close(fresh_s.opacity, s.opacity)
     assert torch.equal(fresh_s.valid, s.valid) and fresh_s.cursor == s.cursor
+
+
+def test_densify_signal_sums_over_the_batch():
+    from headrecon.gaussians.densify import densify_signal
+
+    op = torch.tensor([[0.1, 0.5], [0.3, 0.5]])
+    grad = torch.tensor([[[3.0, 4.0], [0.0, 0.0]], [[0.0, 1.0], [0.0, 2.0]]])
+    o, g = densify_signal(op, grad)
+    torch.testing.assert_close(o, torch.tensor([0.4, 1.0]))
+    torch.testing.assert_close(g, torch.tensor([6.0, 2.0]))
+    assert densify_signal(op, None)[1].eq(0).all()

@@ -6,6 +6,7 @@ face ids [...] long; barycentrics [..., 3] summing to 1.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -74,8 +75,10 @@ def k_ring_face_neighbours(
     one = face_adjacency(faces, by=by)
     A = torch.sparse_coo_tensor(one, torch.ones(one.shape[1], device=faces.device), (F, F)).coalesce()
     reach = A
-    for _ in range(k - 1):
-        reach = (reach + torch.sparse.mm(reach, A)).coalesce()
+    with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(k - 1):
+            reach = (reach + torch.sparse.mm(reach, A)).coalesce()
     idx = reach.indices()
     idx = idx[:, idx[0] != idx[1]]
     if include_self:

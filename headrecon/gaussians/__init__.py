@@ -7,6 +7,7 @@ from headrecon.gaussians.densify import (
     DensifyStatistics,
     apply_edits,
     choose_edits,
+    densify_signal,
     remap_optimizer_state,
 )
 
@@ -19,6 +20,7 @@ __all__ = [
     "apply_edits",
     "bind_to_mesh",
     "choose_edits",
+    "densify_signal",
     "initial_barycentrics",
     "remap_optimizer_state",
     "triangle_frames",

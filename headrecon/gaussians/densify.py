@@ -25,7 +25,27 @@ from torch import Tensor, nn
 
 from headrecon.gaussians.canonical import CanonicalGaussians
 
-__all__ = ["DensifyStatistics", "DensifyDecision", "choose_edits", "apply_edits", "remap_optimizer_state"]
+__all__ = [
+    "densify_signal",
+    "DensifyStatistics",
+    "DensifyDecision",
+    "choose_edits",
+    "apply_edits",
+    "remap_optimizer_state",
+]
+
+
+def densify_signal(opacities: Tensor, means2d_grad: Tensor | None) -> tuple[Tensor, Tensor]:
+    """One step's statistics per canonical Gaussian, summed over the batch.
+
+    opacities [B, N] (predicted); means2d_grad [B, N, 2] (the renderer's `means2d_grad_handle.grad`, pixels) or
+    None (no gradient this step: zeros). Returns (opacity_sum [N], grad_norm_sum [N]). Row i is canonical
+    Gaussian i in every image, since all heads of a batch share the canonical set.
+    """
+    op = opacities.detach().sum(dim=0)
+    if means2d_grad is None:
+        return op, torch.zeros_like(op)
+    return op, means2d_grad.detach().norm(dim=-1).sum(dim=0).to(op)
 
 
 class DensifyStatistics(nn.Module):
