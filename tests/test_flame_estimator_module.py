@@ -116,3 +116,41 @@ def test_reconstruct_end_to_end_with_a_corrupt_image(estimator, tmp_path, caplog
         assert overlay.shape == (96, 128, 3)
         assert np.abs(overlay.astype(float) / 255 - 0.3).max() > 0.1  # something was drawn
     assert not (out / "broken.npz").exists()
+
+
+def test_smooth_params_is_a_centred_moving_average():
+    from headrecon.reconstruct import smooth_params
+
+    p = FlameParams.zeros(5).replace(jaw_rotation=torch.tensor([[0.0, 0, 0], [3, 0, 0], [0, 0, 0], [6, 0, 0],
+                                                                [0, 0, 0]]))  # fmt: skip
+    s = smooth_params(p, 3)
+    torch.testing.assert_close(s.jaw_rotation[:, 0], torch.tensor([1.5, 1.0, 3.0, 2.0, 3.0]))
+    assert smooth_params(p, 1) is p
+
+
+def test_reconstruct_video_with_smoothing(estimator, tmp_path):
+    import cv2
+
+    from headrecon.cli import main
+
+    trainer = pl.Trainer(max_steps=0, accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_model_summary=False)  # fmt: skip
+    trainer.strategy.connect(estimator)
+    trainer.save_checkpoint(tmp_path / "est.ckpt")
+    frames = (_synthetic_batch(estimator, B=5, seed=2)["image"].permute(0, 2, 3, 1).numpy() * 255).astype(
+        np.uint8
+    )
+    path = tmp_path / "clip.mp4"
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25, (64, 64))
+    for f in frames:
+        w.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    w.release()
+    out = tmp_path / "out"
+    rc = main(["reconstruct", str(path), "--ckpt", str(tmp_path / "est.ckpt"), "--out", str(out), "--smooth", "3",
+               "--batch-size", "2", "--no-progress", "--no-overlay"])  # fmt: skip
+    assert rc == 0
+    written = sorted((out / "clip").glob("frame_*.npz"))
+    assert [p.stem for p in written] == [f"frame_{i:06d}" for i in range(5)]
+    assert not list((out / "clip").glob("*_overlay.png"))
+    shapes = np.stack([np.load(p)["shape"] for p in written])
+    assert np.isfinite(shapes).all()

@@ -73,10 +73,10 @@ def k_ring_face_neighbours(
         raise ValueError(f"k must be >= 1, got {k}")
     F = faces.shape[0]
     one = face_adjacency(faces, by=by)
-    A = torch.sparse_coo_tensor(one, torch.ones(one.shape[1], device=faces.device), (F, F)).coalesce()
-    reach = A
-    with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
+    with warnings.catch_warnings():  # torch's "sparse ... beta" / invariant-check notices
         warnings.simplefilter("ignore", UserWarning)
+        A = torch.sparse_coo_tensor(one, torch.ones(one.shape[1], device=faces.device), (F, F)).coalesce()
+        reach = A
         for _ in range(k - 1):
             reach = (reach + torch.sparse.mm(reach, A)).coalesce()
     idx = reach.indices()
