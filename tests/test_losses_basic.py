@@ -1,0 +1,80 @@
+"""Photometric, geometry-consistency, prior, Gaussian-regulariser and landmark losses."""
+
+import torch
+
+from headrecon.losses.geometry import DepthConsistency, NormalConsistency, consistency_mask
+from headrecon.losses.landmarks import LandmarkLoss
+from headrecon.losses.photometric import MaskedL1
+from headrecon.losses.regularizers import FlamePrior, GaussianRegularizer
+from headrecon.render.camera import Cameras
+from headrecon.render.mesh_raster import rasterize_mesh, render_mesh
+from tests.meshes import icosphere
+
+
+def test_l1_decreases_towards_target_and_respects_mask():
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(2, 3, 16, 16, generator=g)
+    noise = torch.randn(2, 3, 16, 16, generator=g)
+    loss = MaskedL1()
+    values = [loss((target + t * noise).clamp(0, 1), target).item() for t in (0.5, 0.2, 0.05, 0.0)]
+    assert values == sorted(values, reverse=True) and values[-1] == 0
+    mask = torch.zeros(2, 1, 16, 16)
+    mask[..., :8, :] = 1
+    render = target.clone()
+    render[..., 8:, :] = 0  # wrong only outside the mask
+    assert loss(render, target, mask).item() == 0
+    assert loss(render, target, torch.zeros_like(mask)).item() == 0  # empty mask: 0, not NaN
+
+
+def _sphere_maps():
+    v, f = icosphere(2)
+    v = torch.from_numpy(v).float()[None] * 0.1
+    f = torch.from_numpy(f)
+    cams = Cameras.sheap_default(1, 48, 48)
+    return v.requires_grad_(), f, cams
+
+
+def test_geometry_consistency_zero_at_agreement_and_decreasing():
+    v, f, cams = _sphere_maps()
+    r = render_mesh(v, f, cams)
+    mask = consistency_mask(r.fragments.mask, r.alpha)
+    assert mask.sum() > 100
+    g = torch.Generator().manual_seed(1)
+    dn = torch.randn(r.normals.shape, generator=g)
+    dd = torch.randn(r.depth.shape, generator=g) * 0.01
+    nl, dl = NormalConsistency(), DepthConsistency()
+    n_vals = [nl(r.normals.detach() + t * dn, r.normals.detach(), mask).item() for t in (1.0, 0.3, 0.1, 0.0)]
+    d_vals = [dl(r.depth.detach() + t * dd, r.depth.detach(), mask).item() for t in (1.0, 0.3, 0.1, 0.0)]
+    assert n_vals == sorted(n_vals, reverse=True) and abs(n_vals[-1]) < 1e-6
+    assert d_vals == sorted(d_vals, reverse=True) and d_vals[-1] == 0
+    # alpha-scaled Gaussian normals (gsplat convention) are normalised before comparing
+    assert nl(r.normals.detach() * 0.7, r.normals.detach(), mask).item() < 1e-6
+
+
+def test_geometry_consistency_moves_the_mesh():
+    v, f, cams = _sphere_maps()
+    frag = rasterize_mesh(v, f, cams)
+    target_depth = frag.depth.detach() - 0.005  # Gaussians 5 mm in front of the surface
+    DepthConsistency()(target_depth, frag.depth, frag.mask.float()).backward()
+    # the gradient pushes visible vertices towards the camera (+z in world, camera at z = 1): dL/dz < 0
+    assert v.grad[0, :, 2].sum() < 0
+
+
+def test_priors_and_gaussian_regularizers():
+    assert FlamePrior()(torch.zeros(2, 300)).item() == 0
+    assert FlamePrior()(torch.full((2, 300), 2.0)).item() == 4.0
+    reg = GaussianRegularizer(max_scale=0.6)
+    terms = reg(torch.full((1, 4, 3), 0.5), torch.tensor([[[0.5, 0.7]] * 4]), torch.full((1, 4), 0.25))
+    torch.testing.assert_close(terms["offset"], torch.tensor(0.75))
+    torch.testing.assert_close(terms["scale"], torch.tensor(0.05))
+    torch.testing.assert_close(terms["opacity"], torch.tensor(0.25))
+
+
+def test_landmark_loss():
+    t = torch.rand(2, 68, 2) * 64
+    loss = LandmarkLoss()
+    assert loss(t, t, 64).item() == 0
+    shifted = t + torch.tensor([6.4, 0.0])
+    torch.testing.assert_close(loss(shifted, t, 64), torch.tensor(0.1))
+    w = torch.zeros(2, 68)
+    assert loss(shifted, t, 64, w).item() == 0
