@@ -4,6 +4,7 @@
     headrecon assets convert-flame SRC --out DIR
     headrecon bench render|estimator|gaussians [...]
     headrecon reconstruct INPUT... --ckpt CKPT --out DIR
+    headrecon export --ckpt CKPT --out FILE.onnx|FILE.pt
 
 Training commands (`fit|validate|test|predict`), `data` and `eval` are added by the issues that
 build them; they are absent until then rather than faked.
@@ -58,6 +59,27 @@ def _cmd_bench_gaussians(args: argparse.Namespace) -> int:
 
     bench_gaussians(args.rest)
     return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from headrecon.export import compare_export, export_onnx, export_torchscript
+    from headrecon.modules.flame_estimator import FlameEstimator
+
+    est = FlameEstimator.from_checkpoint(args.ckpt, flame_dir=args.flame_dir)
+    net = est.net.eval()
+    out = Path(args.out)
+    fmt = "onnx" if out.suffix.lower() == ".onnx" else "torchscript"
+    if fmt == "onnx":
+        export_onnx(net, out, opset=args.opset)
+    else:
+        export_torchscript(net, out)
+    images = torch.rand(2, 3, est.hparams.img_size, est.hparams.img_size)
+    diffs = compare_export(net, out, images)
+    worst = max(diffs.values())
+    print(f"exported {fmt} to {out}; max |exported - eager| over the outputs: {worst:.2e}")
+    return 0 if worst <= 1e-4 else 1
 
 
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
@@ -119,6 +141,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = bench.add_parser("gaussians", help="Gaussian head forward / forward+backward", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=_cmd_bench_gaussians)
+
+    p = sub.add_parser("export", help="export the estimator to TorchScript or ONNX (checked against eager)")
+    p.add_argument("--ckpt", required=True, help="FlameEstimator or GaussianRegressor checkpoint")
+    p.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="output file: .onnx for ONNX, any other suffix (.pt) for TorchScript",
+    )
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--flame-dir", default=None)
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("reconstruct", help="FLAME heads from images, folders and videos")
     p.add_argument("inputs", nargs="+", help="images, folders of images, videos")

@@ -154,3 +154,15 @@ def test_reconstruct_video_with_smoothing(estimator, tmp_path):
     assert not list((out / "clip").glob("*_overlay.png"))
     shapes = np.stack([np.load(p)["shape"] for p in written])
     assert np.isfinite(shapes).all()
+
+
+def test_export_command_checks_against_eager(estimator, tmp_path):
+    from headrecon.cli import main
+
+    trainer = pl.Trainer(max_steps=0, accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_model_summary=False)  # fmt: skip
+    trainer.strategy.connect(estimator)
+    trainer.save_checkpoint(tmp_path / "est.ckpt")
+    assert main(["export", "--ckpt", str(tmp_path / "est.ckpt"), "--out", str(tmp_path / "est.onnx")]) == 0
+    assert main(["export", "--ckpt", str(tmp_path / "est.ckpt"), "--out", str(tmp_path / "est.pt")]) == 0
+    assert (tmp_path / "est.onnx").stat().st_size > 0 and (tmp_path / "est.pt").stat().st_size > 0

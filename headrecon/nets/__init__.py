@@ -1,6 +1,13 @@
 """Plain ``nn.Module`` networks (no Lightning imports here)."""
 
 from headrecon.nets.dinov2 import DEFAULT_DINOV2_MODEL, FrozenDINOv2
+from headrecon.nets.estimator import DEFAULT_BACKBONE, OUTPUT_NAMES, EstimatorOutput, FlameEstimatorNet
+from headrecon.nets.farl import (
+    FarlCheckpointError,
+    FarlLoadReport,
+    farl_checkpoint_filter_fn,
+    load_farl_backbone,
+)
 from headrecon.nets.gcn import (
     GaussianAttributes,
     GaussianGCN,
@@ -13,6 +20,14 @@ from headrecon.nets.gcn import (
 from headrecon.nets.uv_generator import LIGHTWEIGHT_GAN_SLE_PAIRS, UVMapGenerator
 
 __all__ = [
+    "DEFAULT_BACKBONE",
+    "EstimatorOutput",
+    "FarlCheckpointError",
+    "FarlLoadReport",
+    "FlameEstimatorNet",
+    "OUTPUT_NAMES",
+    "farl_checkpoint_filter_fn",
+    "load_farl_backbone",
     "DEFAULT_DINOV2_MODEL",
     "FrozenDINOv2",
     "GaussianAttributes",
