@@ -167,8 +167,11 @@ def test_optimizer_rows_follow_their_gaussians():
     before = opt.state[c.embeddings]["exp_avg"].clone()
     s.push(torch.linspace(0.1, 1, 10), torch.linspace(0, 1, 10))  # prune row 0, duplicate row 9
     d = choose_edits(s.mean_opacity(), s.mean_grad(), s.observations(), c.face_ids, c.uids, c.num_faces)
+    old = c.embeddings
     src = apply_edits(c, s, d, generator=torch.Generator().manual_seed(0))
-    remap_optimizer_state(opt, c.embeddings, src, old_n=10)
+    assert c.embeddings is not old
+    remap_optimizer_state(opt, old, c.embeddings, src)
+    assert opt.param_groups[0]["params"][0] is c.embeddings and old not in opt.state
     after = opt.state[c.embeddings]["exp_avg"]
     assert after.shape == (10, 4)
     torch.testing.assert_close(after[:9], before[1:])

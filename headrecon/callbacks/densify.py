@@ -150,12 +150,12 @@ class DensifyPrune(pl.Callback):
         )  # fmt: skip
         if decision.prune.numel() == 0 and decision.densify.numel() == 0:
             return
-        old_n = len(canonical)
+        old_param = canonical.embeddings
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
         source = apply_edits(canonical, stats, decision, generator=gen, bary_jitter=self.bary_jitter,
                              embedding_noise=self.embedding_noise)  # fmt: skip
         for opt in trainer.optimizers:
-            remap_optimizer_state(opt, canonical.embeddings, source, old_n)
+            remap_optimizer_state(opt, old_param, canonical.embeddings, source)
         self.history.append((step, len(canonical)))
 
 

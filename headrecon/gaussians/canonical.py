@@ -4,9 +4,10 @@ Every Gaussian has a parent face (`face_ids` [N]), barycentric coordinates (`bar
 embedding (`embeddings` [N, D]) and a unique id (`uids` [N], never reused) by which running statistics and
 optimiser state follow it through densification. Its UV coordinate is derived from the face's UV corners.
 
-The set changes size during training. It is part of the module's state dict and restored exactly: loading a
-state dict with another N resizes the buffers and the parameter first (in place, so optimisers keep their
-reference to the same `nn.Parameter`).
+The set changes size during training. Every edit installs a NEW `embeddings` parameter (resizing a parameter in
+place through `.data` would leave autograd's cached gradient accumulator with the old shape); optimisers are
+updated with :func:`~headrecon.gaussians.densify.remap_optimizer_state`. The set is part of the module's state
+dict and restored exactly: loading a state dict with another N resizes the buffers and the parameter first.
 """
 
 from __future__ import annotations
@@ -101,7 +102,8 @@ class CanonicalGaussians(nn.Module):
 
         parents [M]: row each new Gaussian was copied from (it inherits the parent's face); new_bary [M, 3];
         new_embeddings [M, D]. Returns `source` [K + M]: for every row of the new set, the old row it continues
-        (-1 for new Gaussians), which callers use to carry statistics and optimiser state.
+        (-1 for new Gaussians), which callers use to carry statistics and optimiser state. `embeddings` is a new
+        parameter afterwards: hand the old one to `remap_optimizer_state`.
         """
         m = parents.numel()
         dev = self.face_ids.device
@@ -110,8 +112,8 @@ class CanonicalGaussians(nn.Module):
         new_uids = self.next_uid + torch.arange(m, device=dev)
         self.uids = torch.cat([self.uids[keep], new_uids])
         self.next_uid = self.next_uid + m
-        self.embeddings.data = torch.cat([self.embeddings.data[keep], new_embeddings.to(self.embeddings)])
-        self.embeddings.grad = None
+        old = self.embeddings
+        self.embeddings = nn.Parameter(torch.cat([old.data[keep], new_embeddings.to(old)]), old.requires_grad)
         return torch.cat([keep, torch.full((m,), -1, device=dev, dtype=torch.long)])
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
@@ -123,7 +125,8 @@ class CanonicalGaussians(nn.Module):
             self.face_ids = torch.zeros(n, dtype=torch.long, device=dev)
             self.bary = torch.zeros(n, 3, dtype=self.bary.dtype, device=dev)
             self.uids = torch.zeros(n, dtype=torch.long, device=dev)
-            self.embeddings.data = self.embeddings.data.new_zeros(n, self.embed_dim)
+            self.embeddings = nn.Parameter(self.embeddings.data.new_zeros(n, self.embed_dim),
+                                           self.embeddings.requires_grad)  # fmt: skip
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)  # fmt: skip
 

@@ -213,19 +213,30 @@ def apply_edits(
 
 @torch.no_grad()
 def remap_optimizer_state(
-    optimizer: torch.optim.Optimizer, param: nn.Parameter, source: Tensor, old_n: int
+    optimizer: torch.optim.Optimizer, old_param: nn.Parameter, new_param: nn.Parameter, source: Tensor
 ) -> None:
-    """Make the optimiser's per-row state (e.g. Adam's exp_avg, exp_avg_sq) of `param` follow an edit.
+    """Swap `old_param` for `new_param` in the optimiser after an edit, with per-row state following its rows.
 
-    Rows with source >= 0 carry their state; new rows (source = -1) start at zero. Scalar state (step) is kept.
+    Rows with source >= 0 carry their state (e.g. Adam's exp_avg, exp_avg_sq); new rows (source = -1) start at
+    zero. Scalar state (step) is kept. A no-op for optimisers that do not hold `old_param`.
     """
-    state = optimizer.state.get(param)
+    found = False
+    for group in optimizer.param_groups:
+        for i, p in enumerate(group["params"]):
+            if p is old_param:
+                group["params"][i] = new_param
+                found = True
+    if not found:
+        return
+    state = optimizer.state.pop(old_param, None)
     if not state:
         return
-    old = source >= 0
+    old_n = old_param.shape[0]
+    keep = source >= 0
     src = source.clamp_min(0)
     for key, value in list(state.items()):
         if torch.is_tensor(value) and value.ndim >= 1 and value.shape[0] == old_n:
             new = value[src].clone()
-            new[~old] = 0
+            new[~keep] = 0
             state[key] = new
+    optimizer.state[new_param] = state

@@ -1,0 +1,98 @@
+"""GaussianRegressor: a few real training steps on CPU (tiny networks), densification, NaN skipping, checkpoints."""
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from headrecon.callbacks import DensifyPrune
+from headrecon.flame.params import FlameParams
+from headrecon.modules import FlameEstimator
+from headrecon.modules.gaussian_regressor import LOSS_WEIGHTS, GaussianRegressor
+from headrecon.render.camera import Cameras
+from headrecon.render.mesh_raster import render_mesh
+
+TINY_EST = dict(backbone="vit_base_patch16_clip_quickgelu_224", img_size=64, identity_dim=16,
+                timm_kwargs=dict(embed_dim=32, depth=1, num_heads=2, patch_size=16))  # fmt: skip
+TINY_HEAD = dict(per_face=1, embed_dim=8, uv_channels=8, gcn_hidden=16, gcn_blocks=4,
+                 uv_generator_kwargs=dict(image_size=64, num_removed_blocks=1, fmap_max=32))  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def flame_dir(tmp_path_factory, tiny_flame):
+    """The small FLAME-format ico-sphere model (320 faces, with UVs): keeps these training tests fast."""
+    from tests.flame_files import write_flame_folder
+
+    return write_flame_folder(tmp_path_factory.mktemp("tiny_flame"), tiny_flame)
+
+
+def _model(flame_dir, **kw):
+    torch.manual_seed(0)
+    est = FlameEstimator(str(flame_dir), init="random", **TINY_EST)
+    return GaussianRegressor(est, head_kwargs=TINY_HEAD, render_size=32, backend="torch", **kw)
+
+
+def _pairs(model, n=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    flame = model.estimator.flame
+    shape = FlameParams.random(1, generator=g, shape_std=0.5).shape.repeat(2 * n, 1)
+    p = FlameParams.random(2 * n, generator=g, expression_std=0.5, rotation_std=0.1).replace(shape=shape)
+    img = render_mesh(flame(p).vertices, flame.faces, Cameras.sheap_default(2 * n, 64, 64), background=0.1)
+    img = img.rgb.permute(0, 3, 1, 2).detach()
+    tgt = {k: v[n:] for k, v in p.to_dict().items()}
+    return {"source": img[:n], "target": img[n:], "target_flame": tgt}
+
+
+def test_defaults_are_the_supplementary_weights(flame_dir):
+    assert LOSS_WEIGHTS == dict(l1=6.0, perceptual=6.0, identity=0.3, emotion=0.1, shape_prior=1.0,
+                                expression_prior=1.0, normals=1.0, depth=1.0, offset=0.1, scale=0.01,
+                                opacity=0.001, landmarks=0.0)  # fmt: skip
+    with pytest.raises(ValueError, match="w_perceptual = 0"):
+        _model(flame_dir, perceptual_loss=torch.nn.L1Loss(), w_perceptual=0.0)
+
+
+def test_training_steps_densify_and_reduce_the_loss(flame_dir, tmp_path):
+    model = _model(flame_dir, lr_regressor=3e-3, lr_estimator=1e-3)
+    batch = _pairs(model)
+    with torch.no_grad():
+        before = model.compute_losses(batch, model(batch["source"], batch["target"]))["l1"].item()
+    n0 = len(model.canonical_gaussians)
+    cb = DensifyPrune(t_history=4, n_densify=3, n_prune=1)
+    loader = torch.utils.data.DataLoader([batch] * 8, batch_size=None)
+    pl.Trainer(max_steps=8, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False, callbacks=[cb], default_root_dir=tmp_path).fit(model, loader)  # fmt: skip
+    # one Gaussian per face at first: nothing can be pruned until a face has two (+3), then +3 -1 per step
+    assert [n for _, n in cb.history] == [n0 + 3] + [n0 + 3 + 2 * k for k in range(1, 8)]
+    assert len(model.canonical_gaussians) == n0 + 3 + 2 * 7
+    assert len(model.densify_statistics) == len(model.canonical_gaussians)
+    with torch.no_grad():
+        after = model.compute_losses(batch, model(batch["source"], batch["target"]))["l1"].item()
+    assert after < before
+
+
+def test_non_finite_loss_skips_the_step(flame_dir, tmp_path):
+    model = _model(flame_dir)
+    batch = _pairs(model, n=2)
+    bad = dict(batch, target=batch["target"] * float("nan"))
+    weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+    loader = torch.utils.data.DataLoader([bad, bad], batch_size=None)
+    pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False, default_root_dir=tmp_path).fit(model, loader)  # fmt: skip
+    assert model.skipped_steps.item() == 2
+    for n, p in model.named_parameters():
+        assert torch.equal(p, weights[n]), n
+
+
+def test_validation_metrics_and_checkpoint(flame_dir, tmp_path):
+    model = _model(flame_dir)
+    batch = _pairs(model, n=2)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=tmp_path)  # fmt: skip
+    metrics = trainer.validate(model, torch.utils.data.DataLoader([batch], batch_size=None), verbose=False)[0]
+    assert {"val/psnr", "val/ssim", "val/vertex_error_mm", "val/landmark_error_mm"} <= set(metrics)
+    assert metrics["val/vertex_error_mm"] > 0
+    trainer.save_checkpoint(tmp_path / "gr.ckpt")
+    est = FlameEstimator.from_checkpoint(
+        tmp_path / "gr.ckpt"
+    )  # the estimator out of a GaussianRegressor checkpoint
+    x = batch["source"]
+    torch.testing.assert_close(est(x).identity, model.estimator.eval()(x).identity)
