@@ -1,13 +1,13 @@
 """The `headrecon` command.
 
+    headrecon fit|validate|test|predict --config lightning_configs/<name>.yaml   (LightningCLI)
     headrecon assets procedural-flame --out DIR [--seed N] [--preview PNG]
     headrecon assets convert-flame SRC --out DIR
     headrecon bench render|estimator|gaussians [...]
     headrecon reconstruct INPUT... --ckpt CKPT --out DIR
     headrecon export --ckpt CKPT --out FILE.onnx|FILE.pt
 
-Training commands (`fit|validate|test|predict`), `data` and `eval` are added by the issues that
-build them; they are absent until then rather than faked.
+`data` and `eval` are added by the issues that build them; they are absent until then rather than faked.
 """
 
 from __future__ import annotations
@@ -105,7 +105,11 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="headrecon", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="headrecon",
+        description=__doc__.split("\n\n")[0],
+        epilog="Training: headrecon fit|validate|test|predict --config lightning_configs/<name>.yaml (see --help there)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -180,9 +184,17 @@ def build_parser() -> argparse.ArgumentParser:
 _BENCHES = {"render": _cmd_bench_render, "estimator": _cmd_bench_estimator, "gaussians": _cmd_bench_gaussians}
 
 
+_LIGHTNING = ("fit", "validate", "test", "predict")
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _LIGHTNING:  # LightningCLI parses these (class_path YAML configs)
+        from headrecon.lightning_cli import run_lightning_cli
+
+        return run_lightning_cli(None if from_command_line else argv)
     if len(argv) >= 2 and argv[0] == "bench" and argv[1] in _BENCHES:  # each benchmark parses its own options
         logging.basicConfig(level=logging.WARNING)
         return _BENCHES[argv[1]](argparse.Namespace(rest=argv[2:]))
