@@ -6,7 +6,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from headrecon.gaussians.binding import bind_to_mesh, triangle_frames
-from headrecon.gaussians.rotations import quat_multiply, quat_to_rotmat, rotmat_to_quat
+from headrecon.render.rotations import quat_multiply, quat_to_rotmat, rotmat_to_quat
 from tests.meshes import icosphere
 
 D = torch.float64

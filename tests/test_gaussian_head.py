@@ -5,8 +5,8 @@ import torch
 from headrecon.flame.model import FlameModel
 from headrecon.flame.params import FlameParams
 from headrecon.gaussians.head import GaussianHead
-from headrecon.gaussians.rotations import quat_to_rotmat
 from headrecon.render.camera import Cameras
+from headrecon.render.rotations import quat_to_rotmat
 from headrecon.render.splat import render_surfels
 
 SMALL = dict(per_face=1, embed_dim=8, latent_dim=16, uv_channels=8, lighting_dim=27, use_dino=False, gcn_hidden=16,

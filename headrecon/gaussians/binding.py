@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from headrecon.gaussians.rotations import quat_multiply, quat_to_rotmat, rotmat_to_quat
+from headrecon.render.rotations import quat_multiply, quat_to_rotmat, rotmat_to_quat
 
 __all__ = ["TriangleFrames", "triangle_frames", "BoundGaussians", "bind_to_mesh"]
 

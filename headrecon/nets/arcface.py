@@ -87,7 +87,9 @@ class IBasicBlock(nn.Module):
     Input [B, C_in, H, W] -> output [B, planes, H / stride, W / stride].
     """
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
+    def __init__(
+        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.bn1 = nn.BatchNorm2d(inplanes, eps=1e-5)
         self.conv1 = nn.Conv2d(inplanes, planes, 3, 1, 1, bias=False)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
@@ -54,7 +55,9 @@ class EmotionBottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
+    def __init__(
+        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(inplanes, planes, 1, stride, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -87,6 +90,8 @@ class EmotionResNet50(nn.Module):
     feature_dim = 2048
 
     def __init__(self, layers: tuple[int, int, int, int] = (3, 4, 6, 3)) -> None:
+        """``layers``: bottlenecks per stage; (3, 4, 6, 3) is ResNet-50, the only depth EMOCA's checkpoint has
+        (other depths are for fast tests)."""
         super().__init__()
         self.inplanes = 64
         self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
@@ -98,6 +103,14 @@ class EmotionResNet50(nn.Module):
         self.layer3 = self._make_layer(256, layers[2], 2)
         self.layer4 = self._make_layer(512, layers[3], 2)
         self.avgpool = nn.AvgPool2d(7, stride=1)
+        for m in self.modules():  # the initialisation of EMOCA's (VGGFace2) ResNet: He-normal over fan-out
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(
+                    m.weight, 0.0, math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels))
+                )
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
         self.requires_grad_(False)
         super().train(False)
 
@@ -157,12 +170,30 @@ class _Stub:
 
 
 class _PermissiveUnpickler(pickle.Unpickler):
-    """Resolves torch / numpy / collections / builtins normally and everything else to :class:`_Stub`."""
+    """Resolves torch / numpy / collections and plain builtin containers normally and everything else (OmegaConf
+    configs, Lightning callback classes, any other builtin) to inert :class:`_Stub` subclasses. Tolerant, not a
+    sandbox: load checkpoints you trust."""
 
-    _TRUSTED = ("torch", "numpy", "collections", "builtins", "_codecs", "copyreg")
+    _TRUSTED = ("torch", "numpy", "collections", "_codecs", "copyreg")
+    _BUILTINS = frozenset(
+        {
+            "set",
+            "frozenset",
+            "slice",
+            "range",
+            "complex",
+            "bytearray",
+            "bytes",
+            "dict",
+            "list",
+            "tuple",
+            "int",
+        }
+        | {"float", "str", "bool", "object"}
+    )
 
     def find_class(self, module: str, name: str) -> Any:
-        if module.split(".")[0] in self._TRUSTED:
+        if module.split(".")[0] in self._TRUSTED or (module == "builtins" and name in self._BUILTINS):
             return super().find_class(module, name)
         return type(name, (_Stub,), {"__module__": module})
 
@@ -171,7 +202,6 @@ class _PermissivePickleModule:
     """A ``pickle_module`` for ``torch.load`` that tolerates unimportable classes (see :class:`_PermissiveUnpickler`)."""
 
     Unpickler = _PermissiveUnpickler
-    __name__ = "headrecon_permissive_pickle"
 
     @staticmethod
     def load(f: io.BufferedIOBase, **kwargs: Any) -> Any:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from headrecon.gaussians.rotations import quat_to_rotmat, rotmat_to_quat
+from headrecon.render.rotations import quat_to_rotmat, rotmat_to_quat
 
 __all__ = [
     "IDENTITY_6D",

@@ -14,11 +14,15 @@ from headrecon.render.mesh_raster import (
     vertex_normals,
 )
 from headrecon.render.sh import default_sh_coeffs, sh_basis_order2, sh_directional_light, sh_irradiance
+from headrecon.render.splat import render_surfels, resolve_backend
+from headrecon.render.surfels import SurfelRender, Surfels
 
 __all__ = [
     "Cameras",
     "MeshFragments",
     "MeshRender",
+    "SurfelRender",
+    "Surfels",
     "default_sh_coeffs",
     "face_normals",
     "interpolate_face_corner_attributes",
@@ -28,6 +32,8 @@ __all__ = [
     "rasterize_mesh",
     "rasterize_triangles_2d",
     "render_mesh",
+    "render_surfels",
+    "resolve_backend",
     "sample_texture",
     "sh_basis_order2",
     "sh_directional_light",
