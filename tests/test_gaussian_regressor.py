@@ -96,3 +96,21 @@ def test_validation_metrics_and_checkpoint(flame_dir, tmp_path):
     )  # the estimator out of a GaussianRegressor checkpoint
     x = batch["source"]
     torch.testing.assert_close(est(x).identity, model.estimator.eval()(x).identity)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_with_densification(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "tests.ddp_regressor", str(tmp_path)], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert r0["history"] == r1["history"] and len(r0["history"]) == 2
+    for k in r0["snapshot"]:
+        torch.testing.assert_close(r0["snapshot"][k], r1["snapshot"][k], msg=k, rtol=0, atol=0)

@@ -1,6 +1,8 @@
 """Plain ``nn.Module`` networks (no Lightning imports here)."""
 
+from headrecon.nets.arcface import ArcFace, build_arcface, iresnet
 from headrecon.nets.dinov2 import DEFAULT_DINOV2_MODEL, FrozenDINOv2
+from headrecon.nets.emotion_net import EmotionResNet50, load_emotion_resnet50
 from headrecon.nets.estimator import DEFAULT_BACKBONE, OUTPUT_NAMES, EstimatorOutput, FlameEstimatorNet
 from headrecon.nets.farl import (
     FarlCheckpointError,
@@ -20,6 +22,11 @@ from headrecon.nets.gcn import (
 from headrecon.nets.uv_generator import LIGHTWEIGHT_GAN_SLE_PAIRS, UVMapGenerator
 
 __all__ = [
+    "ArcFace",
+    "EmotionResNet50",
+    "build_arcface",
+    "iresnet",
+    "load_emotion_resnet50",
     "DEFAULT_BACKBONE",
     "EstimatorOutput",
     "FarlCheckpointError",
