@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse
 
+from headrecon.flame.procedural import FLAME_PICKLE_KEYS
 from tests.meshes import icosphere
 
 N_SHAPE, N_EXPR = 300, 100
@@ -70,18 +71,7 @@ def make_tiny_flame(seed: int = 0, subdiv: int = 2) -> dict:
     }
 
 
-MODEL_KEYS = (
-    "v_template",
-    "f",
-    "shapedirs",
-    "posedirs",
-    "J_regressor",
-    "weights",
-    "kintree_table",
-    "J",
-    "bs_style",
-    "bs_type",
-)
+MODEL_KEYS = FLAME_PICKLE_KEYS  # the keys of the official FLAME pickle
 CHUMPY_KEYS = ("shapedirs", "posedirs", "weights", "J", "v_template")
 
 
