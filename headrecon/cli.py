@@ -6,8 +6,9 @@
     headrecon bench render|estimator|gaussians [...]
     headrecon reconstruct INPUT... --ckpt CKPT --out DIR
     headrecon export --ckpt CKPT --out FILE.onnx|FILE.pt
+    headrecon data synthetic|preprocess|check ...
 
-`data` and `eval` are added by the issues that build them; they are absent until then rather than faked.
+`eval` is added by the issue that builds it; it is absent until then rather than faked.
 """
 
 from __future__ import annotations
@@ -145,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = bench.add_parser("gaussians", help="Gaussian head forward / forward+backward", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=_cmd_bench_gaussians)
+
+    from headrecon.data.cli import add_data_commands
+
+    add_data_commands(sub)
 
     p = sub.add_parser("export", help="export the estimator to TorchScript or ONNX (checked against eager)")
     p.add_argument("--ckpt", required=True, help="FlameEstimator or GaussianRegressor checkpoint")
