@@ -76,7 +76,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         export_onnx(net, out, opset=args.opset)
     else:
         export_torchscript(net, out)
-    images = torch.rand(2, 3, est.hparams.img_size, est.hparams.img_size)
+    images = torch.rand(2, 3, est.config["img_size"], est.config["img_size"])
     diffs = compare_export(net, out, images)
     worst = max(diffs.values())
     print(f"exported {fmt} to {out}; max |exported - eager| over the outputs: {worst:.2e}")
@@ -92,7 +92,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     estimator = FlameEstimator.from_checkpoint(args.ckpt, flame_dir=args.flame_dir, map_location=device)
     opts = ReconstructOptions(
-        batch_size=args.batch_size, size=estimator.hparams.img_size, crop_scale=args.crop_scale,
+        batch_size=args.batch_size, size=estimator.config['img_size'], crop_scale=args.crop_scale,
         detector=args.detector, boxes=args.boxes, smooth=args.smooth, video_stride=args.video_stride,
         max_frames=args.max_frames, overlay=not args.no_overlay, progress=not args.no_progress,
     )  # fmt: skip

@@ -74,7 +74,7 @@ def test_checkpoint_round_trip_and_flame_dir_override(estimator, procedural_flam
 def test_loads_estimator_from_a_gaussian_regressor_style_checkpoint(estimator, tmp_path):
     state = {f"estimator.{k}": v for k, v in estimator.state_dict().items()}
     state["uv_generator.weight"] = torch.zeros(3)
-    torch.save({"state_dict": state, "hyper_parameters": {"estimator_hparams": dict(estimator.hparams)}},
+    torch.save({"state_dict": state, "hyper_parameters": {"estimator_hparams": dict(estimator.config)}},
                tmp_path / "gr.ckpt")  # fmt: skip
     loaded = FlameEstimator.from_checkpoint(tmp_path / "gr.ckpt")
     x = torch.rand(1, 3, 64, 64)

@@ -62,8 +62,12 @@ class FlameEstimator(pl.LightningModule):
         param_loss_weight: float = 1.0,
         vertex_loss_weight: float = 1.0,
     ) -> None:
+        # Our own record of the constructor arguments: under LightningCLI a nested LightningModule's
+        # `save_hyperparameters` receives the outer model's config, so `self.hparams` cannot be trusted here.
+        config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         super().__init__()
         self.save_hyperparameters()
+        self.config = config
         self.net = FlameEstimatorNet(
             backbone=backbone, img_size=img_size, n_shape=n_shape, n_expression=n_expression,
             identity_dim=identity_dim, lighting_dim=lighting_dim, init=init, pretrained_path=pretrained_path,
@@ -84,10 +88,12 @@ class FlameEstimator(pl.LightningModule):
         ckpt = torch.load(path, map_location=map_location, weights_only=False)
         if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
             raise ValueError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
-        hp = dict(ckpt.get("hyper_parameters", {}))
+        hp = dict(ckpt.get("estimator_config") or ckpt.get("hyper_parameters", {}))
         state = ckpt["state_dict"]
         if any(k.startswith("estimator.net.") for k in state):  # a GaussianRegressor checkpoint
-            hp = dict(hp.get("estimator_hparams", {}))
+            hp = dict(
+                ckpt.get("estimator_config") or ckpt.get("hyper_parameters", {}).get("estimator_hparams", {})
+            )
             state = {k[len("estimator.") :]: v for k, v in state.items() if k.startswith("estimator.")}
         if not any(k.startswith("net.") for k in state):
             raise ValueError(f"{path}: holds no estimator weights (no 'net.*' or 'estimator.net.*' keys)")
@@ -109,6 +115,9 @@ class FlameEstimator(pl.LightningModule):
     def forward(self, images: Tensor) -> EstimatorOutput:
         """images [B, 3, S, S] in [0, 1] -> FLAME parameters, lighting latent [B, L], identity [B, I]."""
         return self.net(images)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["estimator_config"] = dict(self.config)
 
     def predict_step(self, batch: Any, batch_idx: int = 0) -> dict[str, Tensor]:
         images = batch["image"] if isinstance(batch, dict) else batch
@@ -136,7 +145,7 @@ class FlameEstimator(pl.LightningModule):
         with torch.no_grad():
             v_gt = self.flame(gt).vertices
         vertex_mm = (v_pred - v_gt).norm(dim=-1).mean() * 1000.0
-        total = self.hparams.param_loss_weight * param_loss + self.hparams.vertex_loss_weight * vertex_mm
+        total = self.config["param_loss_weight"] * param_loss + self.config["vertex_loss_weight"] * vertex_mm
         return {"loss": total, "param": param_loss, "vertex_mm": vertex_mm}
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
@@ -154,5 +163,5 @@ class FlameEstimator(pl.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.AdamW(
-            self.net.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+            self.net.parameters(), lr=self.config["lr"], weight_decay=self.config["weight_decay"]
         )

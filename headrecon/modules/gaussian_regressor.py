@@ -98,11 +98,23 @@ class GaussianRegressor(pl.LightningModule):
         weight_decay: float = 1e-4,
         t_history: int = 256,
     ) -> None:
+        # Our own record of the constructor arguments (see FlameEstimator: under LightningCLI, nested modules
+        # receive the outer config in save_hyperparameters, so `self.hparams` is not relied upon).
+        ignored = (
+            "self",
+            "__class__",
+            "estimator",
+            "perceptual_loss",
+            "identity_loss",
+            "emotion_loss",
+            "dino",
+        )
+        config = {k: v for k, v in locals().items() if k not in ignored}
         super().__init__()
         self.save_hyperparameters(
             ignore=["estimator", "perceptual_loss", "identity_loss", "emotion_loss", "dino"]
         )
-        self.hparams["estimator_hparams"] = dict(estimator.hparams)
+        self.config = config
         self.estimator = estimator
         flame = estimator.flame
         if flame.uvs is None:
@@ -110,8 +122,8 @@ class GaussianRegressor(pl.LightningModule):
                 "GaussianRegressor needs a FLAME model with UVs (head_template.obj or FLAME_texture.npz)"
             )
         kw = dict(head_kwargs or {})
-        kw.setdefault("latent_dim", estimator.hparams.identity_dim)
-        kw.setdefault("lighting_dim", estimator.hparams.lighting_dim)
+        kw.setdefault("latent_dim", estimator.config["identity_dim"])
+        kw.setdefault("lighting_dim", estimator.config["lighting_dim"])
         kw.setdefault("use_dino", dino is not None)
         if kw["use_dino"] and dino is None:
             raise ValueError("head_kwargs.use_dino is set but no dino module is configured")
@@ -149,7 +161,7 @@ class GaussianRegressor(pl.LightningModule):
 
     # ------------------------------------------------------------------------------------------ forward
     def cameras(self, batch_size: int) -> Cameras:
-        s = self.hparams.render_size
+        s = self.config["render_size"]
         return Cameras.sheap_default(batch_size, s, s, device=self.device)
 
     def forward(self, source: Tensor, target: Tensor) -> dict[str, Any]:
@@ -164,8 +176,8 @@ class GaussianRegressor(pl.LightningModule):
         tokens = self.dino(source) if self.dino is not None else None
         head = self.head(identity, verts, lighting, tokens)
         cams = self.cameras(B)
-        bg = torch.tensor(self.hparams.background, device=self.device, dtype=verts.dtype).expand(B, 3)
-        render = render_surfels(head.surfels, cams, backend=self.hparams.backend, background=bg)
+        bg = torch.tensor(self.config["background"], device=self.device, dtype=verts.dtype).expand(B, 3)
+        render = render_surfels(head.surfels, cams, backend=self.config["backend"], background=bg)
         frag = rasterize_mesh(verts, self.estimator.flame.faces, cams)
         mesh_normals = interpolate_vertex_attributes(frag, self.estimator.flame.faces,
                                                      vertex_normals(verts, self.estimator.flame.faces))  # fmt: skip
@@ -175,8 +187,8 @@ class GaussianRegressor(pl.LightningModule):
     # ------------------------------------------------------------------------------------------- losses
     def compute_losses(self, batch: dict[str, Any], out: dict[str, Any]) -> dict[str, Tensor]:
         """Unweighted terms (dict) plus 'loss', the weighted total."""
-        hp = self.hparams
-        s = hp.render_size
+        hp = self.config
+        s = hp["render_size"]
         target = batch["target"]
         if target.shape[-1] != s:
             target = F.interpolate(target, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
@@ -186,7 +198,7 @@ class GaussianRegressor(pl.LightningModule):
         render = out["render"]
         rgb = render.colors.permute(0, 3, 1, 2)
         if mask is not None:  # outside the mask the target shows the background colour
-            bg = torch.tensor(hp.background, device=rgb.device, dtype=rgb.dtype)[None, :, None, None]
+            bg = torch.tensor(hp["background"], device=rgb.device, dtype=rgb.dtype)[None, :, None, None]
             target = target * mask + bg * (1 - mask)
         terms: dict[str, Tensor] = {"l1": self.l1(rgb, target)}
         for name, module in self.pretrained.items():
@@ -200,11 +212,11 @@ class GaussianRegressor(pl.LightningModule):
         attrs = out["head"].attributes
         for k, v in self.gaussian_reg(attrs.offsets, attrs.scales, attrs.opacities).items():
             terms[k] = v
-        if hp.w_landmarks and "target_landmarks" in batch and out["flame"].landmarks68 is not None:
+        if hp["w_landmarks"] and "target_landmarks" in batch and out["flame"].landmarks68 is not None:
             pix, _ = out["cameras"].project(out["flame"].landmarks68)
             scale = s / batch["target"].shape[-1]
             terms["landmarks"] = self.landmark_loss(pix, batch["target_landmarks"] * scale, s)
-        total = sum(getattr(hp, f"w_{k}") * v for k, v in terms.items())
+        total = sum(hp[f"w_{k}"] * v for k, v in terms.items())
         terms["loss"] = total
         return terms
 
@@ -235,7 +247,7 @@ class GaussianRegressor(pl.LightningModule):
         out = self(batch["source"], batch["target"])
         terms = self.compute_losses(batch, out)
         B = batch["source"].shape[0]
-        s = self.hparams.render_size
+        s = self.config["render_size"]
         rgb = out["render"].colors.permute(0, 3, 1, 2).clamp(0, 1)
         target = F.interpolate(
             batch["target"], size=(s, s), mode="bilinear", align_corners=False, antialias=True
@@ -255,16 +267,19 @@ class GaussianRegressor(pl.LightningModule):
         self.log_dict(metrics, batch_size=B, sync_dist=True)
 
     def configure_optimizers(self):
-        hp = self.hparams
+        hp = self.config
         regressor = [
             p for n, p in self.named_parameters() if not n.startswith(("estimator.", "pretrained.", "dino."))
         ]
         return torch.optim.AdamW(
-            [{"params": [p for p in self.estimator.parameters() if p.requires_grad], "lr": hp.lr_estimator,
+            [{"params": [p for p in self.estimator.parameters() if p.requires_grad], "lr": hp['lr_estimator'],
               "name": "estimator"},
-             {"params": [p for p in regressor if p.requires_grad], "lr": hp.lr_regressor, "name": "regressor"}],
-            weight_decay=hp.weight_decay,
+             {"params": [p for p in regressor if p.requires_grad], "lr": hp['lr_regressor'], "name": "regressor"}],
+            weight_decay=hp['weight_decay'],
         )  # fmt: skip
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["estimator_config"] = dict(self.estimator.config)
 
     def state_dict(self, *args, **kwargs):
         """Frozen pretrained networks (losses, DINOv2) are the user's files: never saved in checkpoints."""
