@@ -20,9 +20,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The synthetic SHeaP demo: procedural FLAME (+ preview), synthetic clips, training on CPU, report + samples.
 demo: install
-	$(BIN)/headrecon assets procedural-flame --out $(DEMO_OUT)/flame --preview $(DEMO_OUT)/procedural_head.png
-	@echo "demo: wrote $(DEMO_OUT)/flame (FLAME-format files) and $(DEMO_OUT)/procedural_head.png"
+	$(BIN)/headrecon demo --out $(DEMO_OUT) --trainer.default_root_dir $(DEMO_OUT)
+	@echo "demo: see $(DEMO_OUT)/report.md, $(DEMO_OUT)/samples.png, $(DEMO_OUT)/procedural_head.png, TensorBoard logs in $(DEMO_OUT)/logs"
 
 test: install lint
 	$(BIN)/python -m pytest -q

@@ -7,6 +7,7 @@
     headrecon reconstruct INPUT... --ckpt CKPT --out DIR
     headrecon export --ckpt CKPT --out FILE.onnx|FILE.pt
     headrecon data synthetic|preprocess|check ...
+    headrecon demo [--out DIR] [--trainer.max_steps N ...]   (synthetic SHeaP demo with a report)
 
 `eval` is added by the issue that builds it; it is absent until then rather than faked.
 """
@@ -186,6 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from headrecon.demo import run_demo
+
+    run_demo(args.rest)
+    return 0
+
+
 _BENCHES = {"render": _cmd_bench_render, "estimator": _cmd_bench_estimator, "gaussians": _cmd_bench_gaussians}
 
 
@@ -200,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
         from headrecon.lightning_cli import run_lightning_cli
 
         return run_lightning_cli(None if from_command_line else argv)
+    if argv and argv[0] == "demo":  # the demo parses its own options and passes the rest to LightningCLI
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        return _cmd_demo(argparse.Namespace(rest=argv[1:]))
     if len(argv) >= 2 and argv[0] == "bench" and argv[1] in _BENCHES:  # each benchmark parses its own options
         logging.basicConfig(level=logging.WARNING)
         return _BENCHES[argv[1]](argparse.Namespace(rest=argv[2:]))

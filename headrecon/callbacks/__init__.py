@@ -1,5 +1,6 @@
 """Lightning callbacks."""
 
 from headrecon.callbacks.densify import Densifiable, DensifyPrune
+from headrecon.callbacks.images import ImageGridLogger, make_image_grid
 
-__all__ = ["Densifiable", "DensifyPrune"]
+__all__ = ["Densifiable", "DensifyPrune", "ImageGridLogger", "make_image_grid"]

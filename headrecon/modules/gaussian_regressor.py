@@ -238,7 +238,7 @@ class GaussianRegressor(pl.LightningModule):
         self._signal = (out["head"].surfels.opacities, out["render"].means2d_grad_handle)
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, batch_size=B, prog_bar=False)
         self.log("train/skipped_steps", self.skipped_steps.float(), batch_size=B)
-        self._last = {"batch": batch, "out": out}
+        self._last = {"batch": batch, "out": {"render": out["render"]}}  # for image logging callbacks
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
