@@ -23,3 +23,26 @@ def test_paper_config_lists_all_missing_files(tmp_path, capsys):
                    "roots.nersemble", "roots.vfhq"):  # fmt: skip
         assert needle in msg, needle
     assert "8 file(s)" in msg
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_writes_report(tmp_path):
+    import json
+
+    from headrecon.demo import run_demo
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path)  # the synthetic config's paths are relative (demo_out/...)
+    try:
+        report = run_demo(["--config", str(ROOT / "lightning_configs/sheap_synthetic.yaml"), "--subjects", "3",
+                           "--clips", "1", "--frames", "4", "--trainer.max_steps", "3",
+                           "--trainer.val_check_interval", "3", "--trainer.enable_progress_bar", "false"])  # fmt: skip
+    finally:
+        os.chdir(cwd)
+    out = tmp_path / "demo_out"
+    assert report["steps"] == 3
+    saved = json.loads((out / "report.json").read_text())
+    for k in ("before", "after", "mean_head"):
+        assert saved["vertex_error_mm"][k] > 0
+    assert (out / "samples.png").stat().st_size > 0 and (out / "procedural_head.png").exists()
+    assert (out / "checkpoints" / "last.ckpt").exists() and any((out / "logs").rglob("events.out.tfevents*"))

@@ -45,7 +45,7 @@ def _pairs(model, n=4, seed=0):
 def test_defaults_are_the_supplementary_weights(flame_dir):
     assert LOSS_WEIGHTS == dict(l1=6.0, perceptual=6.0, identity=0.3, emotion=0.1, shape_prior=1.0,
                                 expression_prior=1.0, normals=1.0, depth=1.0, offset=0.1, scale=0.01,
-                                opacity=0.001, landmarks=0.0)  # fmt: skip
+                                opacity=0.001, landmarks=0.0, pose_limits=0.0)  # fmt: skip
     with pytest.raises(ValueError, match="w_perceptual = 0"):
         _model(flame_dir, perceptual_loss=torch.nn.L1Loss(), w_perceptual=0.0)
 

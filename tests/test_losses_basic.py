@@ -62,7 +62,7 @@ def test_geometry_consistency_moves_the_mesh():
 
 def test_priors_and_gaussian_regularizers():
     assert FlamePrior()(torch.zeros(2, 300)).item() == 0
-    assert FlamePrior()(torch.full((2, 300), 2.0)).item() == 4.0
+    assert FlamePrior()(torch.full((2, 300), 2.0)).item() == 1200.0  # squared norm per head
     reg = GaussianRegularizer(max_scale=0.6)
     terms = reg(torch.full((1, 4, 3), 0.5), torch.tensor([[[0.5, 0.7]] * 4]), torch.full((1, 4), 0.25))
     torch.testing.assert_close(terms["offset"], torch.tensor(0.75))
@@ -78,3 +78,17 @@ def test_landmark_loss():
     torch.testing.assert_close(loss(shifted, t, 64), torch.tensor(0.1))
     w = torch.zeros(2, 68)
     assert loss(shifted, t, 64, w).item() == 0
+
+
+def test_pose_limits_zero_inside_and_growing_outside():
+    from headrecon.flame.params import FlameParams
+    from headrecon.losses.regularizers import PoseLimits
+
+    p = FlameParams.zeros(2)
+    assert PoseLimits()(p).item() == 0
+    inside = p.replace(jaw_rotation=torch.tensor([[0.4, 0, 0]] * 2))
+    assert PoseLimits()(inside).item() == 0
+    outside = p.replace(
+        jaw_rotation=torch.tensor([[0.7, 0, 0]] * 2), translation=torch.tensor([[0, 0, 0.3]] * 2)
+    )
+    torch.testing.assert_close(PoseLimits()(outside), torch.tensor(0.2**2 + 0.2**2))

@@ -34,7 +34,7 @@ from headrecon.gaussians.head import GaussianHead
 from headrecon.losses.geometry import DepthConsistency, NormalConsistency, consistency_mask
 from headrecon.losses.landmarks import LandmarkLoss
 from headrecon.losses.photometric import MaskedL1
-from headrecon.losses.regularizers import FlamePrior, GaussianRegularizer
+from headrecon.losses.regularizers import FlamePrior, GaussianRegularizer, PoseLimits
 from headrecon.modules.flame_estimator import FlameEstimator
 from headrecon.render.camera import Cameras
 from headrecon.render.mesh_raster import interpolate_vertex_attributes, rasterize_mesh, vertex_normals
@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 #: The supplementary's weights (best configuration); every one is an init argument of `GaussianRegressor`.
 LOSS_WEIGHTS = dict(
     l1=6.0, perceptual=6.0, identity=0.3, emotion=0.1, shape_prior=1.0, expression_prior=1.0, normals=1.0,
-    depth=1.0, offset=0.1, scale=0.01, opacity=0.001, landmarks=0.0,
+    depth=1.0, offset=0.1, scale=0.01, opacity=0.001, landmarks=0.0, pose_limits=0.0,
 )  # fmt: skip
 
 
@@ -63,7 +63,8 @@ class GaussianRegressor(pl.LightningModule):
         background: RGB of the render background (also composited where the target has no mask).
         perceptual_loss, identity_loss, emotion_loss: optional modules `loss(render, target[, mask]) -> scalar`.
         dino: optional frozen DINOv2 module `images [B,3,H,W] -> tokens [B,T,D]` (needs `head_kwargs.use_dino`).
-        w_*: loss weights (defaults: the supplementary's, see `LOSS_WEIGHTS`).
+        w_*: loss weights (defaults: the supplementary's, see `LOSS_WEIGHTS`; `w_pose_limits`, soft anatomical
+            limits on jaw/eye/neck rotations and translation, is our addition and off by default).
         max_scale: Gaussian scale regulariser threshold (triangle-relative).
         lr_estimator, lr_regressor, weight_decay: AdamW with one group per network.
         t_history: window of the densification statistics (the `DensifyPrune` callback may reset it).
@@ -92,6 +93,7 @@ class GaussianRegressor(pl.LightningModule):
         w_scale: float = LOSS_WEIGHTS["scale"],
         w_opacity: float = LOSS_WEIGHTS["opacity"],
         w_landmarks: float = LOSS_WEIGHTS["landmarks"],
+        w_pose_limits: float = LOSS_WEIGHTS["pose_limits"],
         max_scale: float = 0.6,
         lr_estimator: float = 1e-5,
         lr_regressor: float = 1e-4,
@@ -145,6 +147,7 @@ class GaussianRegressor(pl.LightningModule):
         self.l1, self.normals_loss, self.depth_loss = MaskedL1(), NormalConsistency(), DepthConsistency()
         self.prior, self.gaussian_reg = FlamePrior(), GaussianRegularizer(max_scale)
         self.landmark_loss = LandmarkLoss()
+        self.pose_limits = PoseLimits()
         self.register_buffer("skipped_steps", torch.zeros((), dtype=torch.long))
         self._signal: tuple[Tensor, Tensor] | None = None
 
@@ -209,6 +212,8 @@ class GaussianRegressor(pl.LightningModule):
         both = FlameParams.cat([out["source_params"], out["target_params"]])
         terms["shape_prior"] = self.prior(out["source_params"].shape)
         terms["expression_prior"] = self.prior(both.expression)
+        if hp["w_pose_limits"]:
+            terms["pose_limits"] = self.pose_limits(both)
         attrs = out["head"].attributes
         for k, v in self.gaussian_reg(attrs.offsets, attrs.scales, attrs.opacities).items():
             terms[k] = v
