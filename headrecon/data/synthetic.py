@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from headrecon.flame.preview import paint_eyeballs
 from headrecon.io.atomic import atomic_write_bytes, save_image, save_npz
 
 __all__ = [
@@ -125,16 +126,7 @@ def _vertex_albedo(assets, rng: np.random.Generator) -> tuple[np.ndarray, np.nda
         col = col * (1 - w[:, None]) + (hair * 1.1)[None] * w[:, None]
     iris = np.clip(rng.choice([np.array([0.25, 0.15, 0.08]), np.array([0.3, 0.45, 0.6]),
                                np.array([0.3, 0.4, 0.2])]) * rng.uniform(0.7, 1.2), 0, 1)  # fmt: skip
-    for name in ("left_eyeball", "right_eyeball"):
-        idx = masks.get(name)
-        if idx is None or len(idx) == 0:
-            continue
-        p = v[idx] - v[idx].mean(axis=0)
-        cos = p[:, 2] / np.maximum(np.linalg.norm(p, axis=1), 1e-12)
-        c = np.tile(np.array([0.93, 0.91, 0.88]), (len(idx), 1))
-        c[cos > 0.80] = iris
-        c[cos > 0.95] = 0.04
-        col[idx] = c
+    paint_eyeballs(col, v, masks, iris=iris, sclera=(0.93, 0.91, 0.88), pupil=0.04)
     return np.clip(col, 0.0, 1.0), skin
 
 

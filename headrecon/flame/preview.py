@@ -37,17 +37,25 @@ def _vertex_colors(assets, v: np.ndarray) -> np.ndarray:
     masks = assets.masks
     if "lips" in masks:
         col[masks["lips"]] = LIPS
+    paint_eyeballs(col, v, masks, iris=IRIS, sclera=SCLERA, pupil=PUPIL)
+    return col
+
+
+def paint_eyeballs(col: np.ndarray, v: np.ndarray, masks: dict, *, iris, sclera, pupil) -> None:
+    """Colour the eyeball vertices of col [V, 3] in place: sclera, an iris and a pupil facing +z at rest.
+
+    v [V, 3] rest-pose vertices; masks: FLAME region masks with `left_eyeball` / `right_eyeball`.
+    """
     for name in ("left_eyeball", "right_eyeball"):
         idx = masks.get(name)
         if idx is None or len(idx) == 0:
             continue
         p = v[idx] - v[idx].mean(axis=0)
         cos = p[:, 2] / np.maximum(np.linalg.norm(p, axis=1), 1e-12)
-        c = np.tile(np.array(SCLERA), (len(idx), 1))
-        c[cos > 0.80] = IRIS
-        c[cos > 0.95] = PUPIL
+        c = np.tile(np.asarray(sclera, dtype=float), (len(idx), 1))
+        c[cos > 0.80] = iris
+        c[cos > 0.95] = pupil
         col[idx] = c
-    return col
 
 
 def render_preview(model_dir: str | os.PathLike, out_png: str | os.PathLike, seed: int = 0) -> Path:
