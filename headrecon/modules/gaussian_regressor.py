@@ -220,7 +220,9 @@ class GaussianRegressor(pl.LightningModule):
         if hp["w_landmarks"] and "target_landmarks" in batch and out["flame"].landmarks68 is not None:
             pix, _ = out["cameras"].project(out["flame"].landmarks68)
             scale = s / batch["target"].shape[-1]
-            terms["landmarks"] = self.landmark_loss(pix, batch["target_landmarks"] * scale, s)
+            valid = batch.get("target_landmarks_valid")  # frames without landmarks carry zeros: mask them out
+            weights = None if valid is None else valid.to(pix.dtype)[:, None].expand(-1, pix.shape[1])
+            terms["landmarks"] = self.landmark_loss(pix, batch["target_landmarks"] * scale, s, weights)
         total = sum(hp[f"w_{k}"] * v for k, v in terms.items())
         terms["loss"] = total
         return terms
@@ -260,10 +262,14 @@ class GaussianRegressor(pl.LightningModule):
         metrics = {"val/loss": terms["loss"], "val/psnr": psnr(rgb, target), "val/ssim": ssim(rgb, target)}
         if "perceptual" in self.pretrained:
             metrics["val/lpips"] = terms["perceptual"]
-        if "target_flame" in batch:
-            gt = FlameParams.from_dict(batch["target_flame"], device=self.device, dtype=rgb.dtype)
+        has = batch.get("has_flame")
+        rows = (
+            torch.ones(B, dtype=torch.bool, device=rgb.device) if has is None else has.to(rgb.device).bool()
+        )
+        if "target_flame" in batch and bool(rows.any()):  # only frames with ground truth (synthetic data)
+            gt = FlameParams.from_dict(batch["target_flame"], device=self.device, dtype=rgb.dtype)[rows]
             gt_out = self.estimator.flame(gt)
-            pred = self.estimator.flame(out["target_params"])
+            pred = self.estimator.flame(out["target_params"][rows])
             metrics["val/vertex_error_mm"] = rigid_vertex_error_mm(pred.vertices, gt_out.vertices).mean()
             if pred.landmarks68 is not None:
                 metrics["val/landmark_error_mm"] = rigid_vertex_error_mm(
