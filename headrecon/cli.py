@@ -3,7 +3,7 @@
     headrecon fit|validate|test|predict --config lightning_configs/<name>.yaml   (LightningCLI)
     headrecon assets procedural-flame --out DIR [--seed N] [--preview PNG]
     headrecon assets convert-flame SRC --out DIR
-    headrecon bench render|estimator|gaussians [...]
+    headrecon bench render|estimator|gaussians|train [...]
     headrecon reconstruct INPUT... --ckpt CKPT --out DIR
     headrecon export --ckpt CKPT --out FILE.onnx|FILE.pt
     headrecon data synthetic|preprocess|check ...
@@ -144,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
                          add_help=False)  # fmt: skip
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=_cmd_bench_estimator)
+    p = bench.add_parser("train", help="GaussianRegressor step time with its breakdown", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_cmd_bench_train)
     p = bench.add_parser("gaussians", help="Gaussian head forward / forward+backward", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=_cmd_bench_gaussians)
@@ -187,6 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _cmd_bench_train(args: argparse.Namespace) -> int:
+    from headrecon.modules.bench_train import bench_train
+
+    bench_train(args.rest)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from headrecon.demo import run_demo
 
@@ -194,7 +204,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-_BENCHES = {"render": _cmd_bench_render, "estimator": _cmd_bench_estimator, "gaussians": _cmd_bench_gaussians}
+_BENCHES = {
+    "render": _cmd_bench_render,
+    "estimator": _cmd_bench_estimator,
+    "gaussians": _cmd_bench_gaussians,
+    "train": _cmd_bench_train,
+}
 
 
 _LIGHTNING = ("fit", "validate", "test", "predict")

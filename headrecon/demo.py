@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["run_demo"]
+__all__ = ["run_demo", "prepare_assets", "build_from_config"]
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +44,34 @@ def _mean_head_error_mm(model, datamodule) -> float:
     return float(torch.cat(errs).mean()) if errs else float("nan")
 
 
-def run_demo(argv: list[str] | None = None) -> dict:
-    from headrecon.callbacks.images import make_image_grid
+def prepare_assets(out: Path, *, subjects: int = 8, clips: int = 2, frames: int = 12, size: int = 64) -> None:
+    """Procedural FLAME (+ preview) in OUT/flame and synthetic clips in OUT/data, unless already there."""
     from headrecon.data.synthetic import SyntheticOptions, write_synthetic_dataset
     from headrecon.flame.procedural import write_procedural_flame
-    from headrecon.io.atomic import atomic_write_bytes, save_image
+
+    flame_dir = out / "flame"
+    if not (flame_dir / "generic_model.pkl").exists():
+        write_procedural_flame(flame_dir, seed=0, preview=out / "procedural_head.png")
+    if not (out / "data" / "synthetic").exists():
+        opts = SyntheticOptions(subjects=subjects, clips=clips, frames=frames, size=size)
+        write_synthetic_dataset(out / "data", flame_dir, opts)
+
+
+def build_from_config(config: str, overrides: list[str]):
+    """(model, datamodule, trainer) from a LightningCLI config plus command-line style overrides."""
     from headrecon.lightning_cli import HeadreconCLI
+
+    cli = HeadreconCLI(
+        model_class=None, datamodule_class=None, subclass_mode_model=True, subclass_mode_data=True, run=False,
+        args=["--config", config, *overrides], save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+    )  # fmt: skip
+    return cli.model, cli.datamodule, cli.trainer
+
+
+def run_demo(argv: list[str] | None = None) -> dict:
+    from headrecon.callbacks.images import make_image_grid
+    from headrecon.io.atomic import atomic_write_bytes, save_image
 
     ap = argparse.ArgumentParser(prog="headrecon demo", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="demo_out", type=Path)
@@ -61,19 +83,8 @@ def run_demo(argv: list[str] | None = None) -> dict:
     args, overrides = ap.parse_known_args(argv)
     out: Path = args.out
     t0 = time.time()
-    flame_dir = out / "flame"
-    if not (flame_dir / "generic_model.pkl").exists():
-        write_procedural_flame(flame_dir, seed=0, preview=out / "procedural_head.png")
-    data_root = out / "data"
-    if not (data_root / "synthetic").exists():
-        write_synthetic_dataset(data_root, flame_dir, SyntheticOptions(subjects=args.subjects, clips=args.clips,
-                                                                      frames=args.frames, size=args.size))  # fmt: skip
-    cli = HeadreconCLI(
-        model_class=None, datamodule_class=None, subclass_mode_model=True, subclass_mode_data=True, run=False,
-        args=["--config", args.config, *overrides], save_config_kwargs={"overwrite": True},
-        auto_configure_optimizers=False,
-    )  # fmt: skip
-    model, dm, trainer = cli.model, cli.datamodule, cli.trainer
+    prepare_assets(out, subjects=args.subjects, clips=args.clips, frames=args.frames, size=args.size)
+    model, dm, trainer = build_from_config(args.config, overrides)
     before = trainer.validate(model, datamodule=dm, verbose=False)[0]
     t_train = time.time()
     trainer.fit(model, datamodule=dm)
