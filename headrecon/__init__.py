@@ -1,6 +1,6 @@
 """headrecon: SHeaP (self-supervised single-image FLAME head reconstruction via 2D Gaussians) in Lightning.
 
-    from headrecon import FlameEstimator, GaussianRegressor, HeadDataModule
+    from headrecon import FlameEstimator, GaussianRegressor, AffectNetProbe, HeadDataModule
 
 The LightningModules and the DataModule are imported lazily, so `import headrecon` (and the CLI) stay light.
 """
@@ -16,6 +16,7 @@ _LAZY = {
     "FlameEstimator": "headrecon.modules.flame_estimator",
     "GaussianRegressor": "headrecon.modules.gaussian_regressor",
     "HeadDataModule": "headrecon.data.datamodule",
+    "AffectNetProbe": "headrecon.modules.affectnet_probe",
     "FlameModel": "headrecon.flame.model",
     "FlameParams": "headrecon.flame.params",
 }

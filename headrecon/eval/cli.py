@@ -1,7 +1,7 @@
 """`headrecon eval now|nersemble`: the NoW challenge protocol and the Nersemble point-cloud benchmark.
 
-    headrecon eval now --ckpt CKPT --now-root DIR --split val --out DIR [--flame-dir DIR] [--scan-units mm|m]
-    headrecon eval nersemble --ckpt CKPT --root DIR --out DIR [--flame-dir DIR] [--units m|mm]
+headrecon eval now --ckpt CKPT --now-root DIR --split val --out DIR [--flame-dir DIR] [--scan-units mm|m]
+headrecon eval nersemble --ckpt CKPT --root DIR --out DIR [--flame-dir DIR] [--units m|mm]
 """
 
 from __future__ import annotations
@@ -40,7 +40,9 @@ def _cmd_nersemble(args: argparse.Namespace) -> int:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt", required=True, help="FlameEstimator or GaussianRegressor checkpoint")
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--flame-dir", default=None, help="FLAME folder (default: the one named in the checkpoint)")
+    p.add_argument(
+        "--flame-dir", default=None, help="FLAME folder (default: the one named in the checkpoint)"
+    )
     p.add_argument("--iterations", type=int, default=20, help="scan-to-mesh refinement iterations (0: none)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--crop-scale", type=float, default=1.5, help="square crop side / face box side")
@@ -55,7 +57,9 @@ def add_eval_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
 
     p = sub.add_parser("now", help="NoW challenge protocol (neutral shape vs scans; median/mean/std in mm)")
     _common(p)
-    p.add_argument("--now-root", required=True, type=Path, help="NoW challenge folder (see headrecon.eval.now)")
+    p.add_argument(
+        "--now-root", required=True, type=Path, help="NoW challenge folder (see headrecon.eval.now)"
+    )
     p.add_argument("--split", choices=["val", "test"], default="val")
     p.add_argument("--scan-units", choices=["mm", "m"], default="mm", help="units of the scans (NoW: mm)")
     p.add_argument("--save-meshes", action="store_true", help="also write the predicted meshes and landmarks")

@@ -345,7 +345,12 @@ def evaluate_scan(
 def error_stats(errors_mm: np.ndarray) -> dict[str, float]:
     """median, mean and std (population) of errors [N] in mm, plus the count."""
     e = np.asarray(errors_mm, dtype=np.float64)
-    return {"median_mm": float(np.median(e)), "mean_mm": float(e.mean()), "std_mm": float(e.std()), "n": len(e)}
+    return {
+        "median_mm": float(np.median(e)),
+        "mean_mm": float(e.mean()),
+        "std_mm": float(e.std()),
+        "n": len(e),
+    }
 
 
 def cumulative_error_curve(
@@ -358,7 +363,11 @@ def cumulative_error_curve(
 
 
 def draw_cumulative_curve(
-    path: str | os.PathLike, curves: dict[str, np.ndarray], *, max_mm: float = 10.0, size: tuple[int, int] = (640, 480)
+    path: str | os.PathLike,
+    curves: dict[str, np.ndarray],
+    *,
+    max_mm: float = 10.0,
+    size: tuple[int, int] = (640, 480),
 ) -> Path:
     """PNG of cumulative error curves (x: error in mm up to `max_mm`, y: fraction of scan vertices), one
     coloured line per entry of `curves` (name -> errors [N] mm), with axes, ticks and a legend. Drawn with PIL
