@@ -31,7 +31,7 @@ def _cmd_nersemble(args: argparse.Namespace) -> int:
     summary = run_nersemble(
         args.ckpt, args.root, args.out, flame_dir=args.flame_dir, units=args.units, iterations=args.iterations,
         crop=args.crop, max_error_mm=args.max_error_mm, batch_size=args.batch_size, crop_scale=args.crop_scale,
-        error_maps=not args.no_error_maps, device=args.device,
+        error_maps=not args.no_error_maps, render_size=args.render_size, device=args.device,
     )  # fmt: skip
     print(json.dumps(summary, indent=2))
     return 0
@@ -50,8 +50,10 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def add_eval_commands(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add ``eval`` with its ``now`` and ``nersemble`` subcommands to `subparsers`; each sets ``func``
-    (args -> exit status). Returns the ``eval`` parser."""
+    """Add ``eval`` with its ``now``, ``nersemble`` and ``stability`` subcommands to `subparsers`; each sets
+    ``func`` (args -> exit status). Returns the ``eval`` parser."""
+    from headrecon.eval.stability_cli import add_stability_command
+
     ev = subparsers.add_parser("eval", help="benchmarks: NoW challenge protocol, Nersemble point clouds")
     sub = ev.add_subparsers(dest="eval_command", required=True)
 
@@ -71,6 +73,9 @@ def add_eval_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
     p.add_argument("--units", choices=["m", "mm"], default="m", help="units of the point clouds")
     p.add_argument("--crop", action="store_true", help="crop the point clouds to the NoW face sphere")
     p.add_argument("--max-error-mm", type=float, default=10.0, help="top of the error-map colour scale")
+    p.add_argument("--render-size", type=int, default=256, help="error-map panel size in pixels")
     p.add_argument("--no-error-maps", action="store_true", help="skip the PNG error maps and coloured PLYs")
     p.set_defaults(func=_cmd_nersemble)
+
+    add_stability_command(sub)
     return ev

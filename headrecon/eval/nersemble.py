@@ -394,8 +394,8 @@ def _write_error_outputs(
 ) -> None:  # fmt: skip
     """The error-map PNG and the coloured PLYs of one image (see the module docstring)."""
     cams = Cameras.sheap_default(1, render_size, render_size, dtype=torch.float64)
-    v = torch.from_numpy(verts)[None]
-    rgb = render_mesh(v, faces_t.cpu(), cams, background=1.0).rgb[0].numpy()
+    v = torch.from_numpy(verts).float()[None]
+    rgb = render_mesh(v, faces_t.cpu(), cams.to(torch.float32), background=1.0).rgb[0].double().numpy()
     in_pred = torch.from_numpy(r.transform.inverse_apply(r.scan_points))[
         None
     ]  # the prediction's frame, metres

@@ -30,9 +30,14 @@ Challenge layout read by :func:`read_now_split` (``NOW_ROOT``):
 * ``scans_lmks_onlypp/<subject>/*.pp``: the scan's 7 landmarks as a MeshLab PickedPoints XML file, in the order
   above.
 
-Units: the public NoW scans are in millimetres (the challenge reports scan-unit distances as mm), so the
-default ``scan_units="mm"``; ``"m"`` multiplies distances by 1000. The predicted mesh is in metres; the fitted
-scale absorbs the difference.
+Units: the NoW scans are in millimetres (the official evaluation code, ``now_evaluation``, states "Scans are in
+unit mm" and reports scan-unit distances), so the default is ``scan_units="mm"``; ``"m"`` multiplies distances by
+1000. The predicted mesh is in metres; the fitted scale absorbs the difference. (The challenge's separate
+*metrical* variant, with the scale fixed to the unit conversion, is not implemented here.)
+
+The official code minimises the same objective (sum of squared unsigned scan-to-mesh distances over s, R, t)
+with chumpy's dogleg solver; here it is a damped Gauss-Newton on exact closest points (see
+:func:`refine_alignment`), so results agree to the solvers' tolerance, not bit for bit.
 """
 
 from __future__ import annotations
