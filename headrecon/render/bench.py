@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
 import statistics
 import subprocess
 import sys
@@ -25,6 +24,8 @@ import time
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from headrecon.benchmarking import peak_rss_bytes
 
 from .camera import Cameras
 from .rotations import quat_multiply
@@ -101,10 +102,6 @@ def random_surfels(
 
 
 # ---------------------------------------------------------------------------------------------- measuring
-def _peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
 def _loss(r) -> Tensor:
     return r.colors.mean() + r.alphas.mean() + r.depth_expected.mean() + r.normals.mean()
 
@@ -136,9 +133,9 @@ def _measure(fn, surfels: Surfels, repeats: int, backward: bool, warmup: bool = 
         torch.cuda.reset_peak_memory_stats(dev)
         base = torch.cuda.memory_allocated(dev)
     else:
-        base = _peak_rss_bytes()
+        base = peak_rss_bytes()
     times = _time_case(fn, surfels, repeats, backward, warmup)
-    peak = torch.cuda.max_memory_allocated(dev) - base if dev.type == "cuda" else _peak_rss_bytes() - base
+    peak = torch.cuda.max_memory_allocated(dev) - base if dev.type == "cuda" else peak_rss_bytes() - base
     return {"median_s": statistics.median(times), "min_s": min(times), "peak_mem_mb": round(peak / 2**20, 1)}
 
 
