@@ -28,7 +28,7 @@ def _net(**kw) -> FlameEstimatorNet:
 
 
 def test_initial_prediction_is_neutral_head():
-    net = _net()
+    net = _net(head_init="zero")
     x = torch.rand(3, 3, 224, 224)
     out = net(x)
     assert isinstance(out, EstimatorOutput) and isinstance(out.flame, FlameParams)
@@ -40,6 +40,17 @@ def test_initial_prediction_is_neutral_head():
     assert out.lighting.shape == (3, 27) and torch.count_nonzero(out.lighting) == 0
     assert out.identity.shape == (3, 1024)
     assert (out.identity[0] - out.identity[1]).abs().max() > 1e-4  # image-dependent from the start
+
+
+def test_default_heads_start_near_neutral_and_image_dependent():
+    net = _net()
+    f = net(torch.rand(3, 3, 224, 224)).flame
+    for name in ("shape", "expression", "jaw_rotation", "global_rotation"):
+        v = getattr(f, name)
+        assert 0 < v.abs().max() < 1.5, name  # PyTorch's init: a few tenths, not the exact neutral head
+        assert (v[0] - v[1]).abs().max() > 0, name
+    with pytest.raises(ValueError, match="head_init"):
+        _net(head_init="small")
 
 
 def test_configurable_sizes_and_tuple_roundtrip():
@@ -89,7 +100,7 @@ def test_gradients_reach_every_parameter_and_are_finite():
 
 
 def test_parameterisations():
-    net = _net(translation_scale=0.25, eyelid_init=0.1)
+    net = _net(translation_scale=0.25, eyelid_init=0.1, head_init="zero")
     D = 64
     tok = torch.zeros(1, len(QUERY_GROUPS), D)
     last = net.heads["pose"][2]
@@ -222,8 +233,37 @@ def test_fast_quickgelu_mlp_is_exact():
 
 
 def test_bf16_autocast_outputs_fp32():
-    net = _net().eval()
+    net = _net(head_init="zero").eval()
     with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
         out = net(torch.rand(1, 3, 224, 224))
     assert all(t.dtype == torch.float32 for t in out.to_tuple())
     assert torch.count_nonzero(out.flame.global_rotation) == 0
+
+
+def test_conv_stem_keeps_the_token_grid_and_trains():
+    import torchvision
+
+    from headrecon.nets.estimator import conv_stem
+
+    stem = conv_stem(192, 8)  # ResNet-18 up to layer2, then a 1x1 projection
+    assert stem(torch.rand(2, 3, 64, 64)).shape == (2, 192, 8, 8)
+    r18 = torchvision.models.resnet18()
+    r18_trunk = [r18.conv1, r18.bn1, r18.layer1, r18.layer2]
+    n_params = sum(p.numel() for m in r18_trunk for p in m.parameters())
+    assert sum(p.numel() for p in stem[:-1].parameters()) == n_params
+    assert conv_stem(64, 16, base_channels=16)(torch.rand(1, 3, 64, 64)).shape == (1, 64, 4, 4)
+    for bad in (6, 2, (8, 4)):
+        with pytest.raises(ValueError, match="power-of-two"):
+            conv_stem(64, bad)
+
+    net = _net(stem="conv", head_init="zero")
+    assert isinstance(net.backbone.patch_embed.proj, torch.nn.Sequential)
+    out = net(torch.rand(2, 3, 224, 224))
+    for name in ("shape", "jaw_rotation", "translation"):  # still the neutral head at initialisation
+        assert torch.count_nonzero(getattr(out.flame, name)) == 0
+    sum(t.square().sum() + t.sum() for t in out.to_tuple()).backward()
+    assert all(p.grad is not None for p in net.backbone.patch_embed.proj.parameters())
+    with pytest.raises(ValueError, match="stem='conv'"):
+        FlameEstimatorNet(init="farl", stem="conv", timm_kwargs=TINY_TIMM_KWARGS)
+    with pytest.raises(ValueError, match="stem must be"):
+        _net(stem="resnet")

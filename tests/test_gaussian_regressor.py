@@ -45,7 +45,8 @@ def _pairs(model, n=4, seed=0):
 def test_defaults_are_the_supplementary_weights(flame_dir):
     assert LOSS_WEIGHTS == dict(l1=6.0, perceptual=6.0, identity=0.3, emotion=0.1, shape_prior=1.0,
                                 expression_prior=1.0, normals=1.0, depth=1.0, offset=0.1, scale=0.01,
-                                opacity=0.001, landmarks=0.0, pose_limits=0.0)  # fmt: skip
+                                opacity=0.001, landmarks=0.0, pose_limits=0.0, pose_prior=0.0,
+                                silhouette=0.0)  # fmt: skip
     with pytest.raises(ValueError, match="w_perceptual = 0"):
         _model(flame_dir, perceptual_loss=torch.nn.L1Loss(), w_perceptual=0.0)
 
@@ -67,6 +68,27 @@ def test_training_steps_densify_and_reduce_the_loss(flame_dir, tmp_path):
     with torch.no_grad():
         after = model.compute_losses(batch, model(batch["source"], batch["target"]))["l1"].item()
     assert after < before
+
+
+def test_our_additional_terms_only_when_weighted(flame_dir):
+    batch = _pairs(_model(flame_dir), n=2)
+    with torch.no_grad():
+        model = _model(flame_dir)
+        terms = model.compute_losses(batch, model(batch["source"], batch["target"]))
+        assert not {"pose_limits", "pose_prior", "silhouette"} & set(terms)
+        model = _model(flame_dir, w_pose_limits=2.0, w_pose_prior=3.0, w_silhouette=4.0)
+        out = model(batch["source"], batch["target"])
+        assert "silhouette" not in model.compute_losses(batch, out)  # no target_mask: nothing to compare with
+        mask = (batch["target"].mean(1, keepdim=True) > 0.1).float()
+        terms = model.compute_losses(dict(batch, target_mask=mask), out)
+        assert {"pose_limits", "pose_prior", "silhouette"} <= set(terms)
+        alpha = out["render"].alphas.permute(0, 3, 1, 2)
+        resized = torch.nn.functional.interpolate(
+            mask, size=alpha.shape[-2:], mode="bilinear", align_corners=False
+        )
+        torch.testing.assert_close(terms["silhouette"], (alpha - resized).abs().mean())
+        total = sum(model.config[f"w_{k}"] * v for k, v in terms.items() if k != "loss")
+        torch.testing.assert_close(terms["loss"], total)
 
 
 def test_non_finite_loss_skips_the_step(flame_dir, tmp_path):

@@ -1,5 +1,6 @@
 """Photometric, geometry-consistency, prior, Gaussian-regulariser and landmark losses."""
 
+import pytest
 import torch
 
 from headrecon.losses.geometry import DepthConsistency, NormalConsistency, consistency_mask
@@ -62,7 +63,8 @@ def test_geometry_consistency_moves_the_mesh():
 
 def test_priors_and_gaussian_regularizers():
     assert FlamePrior()(torch.zeros(2, 300)).item() == 0
-    assert FlamePrior()(torch.full((2, 300), 2.0)).item() == 1200.0  # squared norm per head
+    assert FlamePrior()(torch.full((2, 300), 2.0)).item() == 4.0  # mean of the squares (SMIRK)
+    assert FlamePrior()(torch.tensor([[1.0, 0.0], [0.0, 0.0]])).item() == 0.25
     reg = GaussianRegularizer(max_scale=0.6)
     terms = reg(torch.full((1, 4, 3), 0.5), torch.tensor([[[0.5, 0.7]] * 4]), torch.full((1, 4), 0.25))
     torch.testing.assert_close(terms["offset"], torch.tensor(0.75))
@@ -91,4 +93,43 @@ def test_pose_limits_zero_inside_and_growing_outside():
     outside = p.replace(
         jaw_rotation=torch.tensor([[0.7, 0, 0]] * 2), translation=torch.tensor([[0, 0, 0.3]] * 2)
     )
-    torch.testing.assert_close(PoseLimits()(outside), torch.tensor(0.2**2 + 0.2**2))
+    # jaw: 0.2 over the 0.5 rad angle limit and 0.2 over the x range; translation 0.2 m over
+    torch.testing.assert_close(PoseLimits()(outside), torch.tensor(3 * 0.2**2))
+    closed_through_lip = p.replace(jaw_rotation=torch.tensor([[-0.25, 0, 0]] * 2))
+    torch.testing.assert_close(PoseLimits()(closed_through_lip), torch.tensor(0.2**2))
+    sideways = p.replace(jaw_rotation=torch.tensor([[0.1, 0.35, 0.0]] * 2))
+    torch.testing.assert_close(PoseLimits()(sideways), torch.tensor(0.2**2))
+
+
+def test_pose_prior_ignores_jaw_opening_and_global_rotation():
+    from headrecon.flame.params import FlameParams
+    from headrecon.losses.regularizers import PosePrior
+
+    p = FlameParams.zeros(2).replace(
+        jaw_rotation=torch.tensor([[0.3, 0, 0]] * 2),
+        global_rotation=torch.tensor([[0.5, 0.2, 0.1]] * 2),
+    )
+    assert PosePrior()(p).item() == 0
+    moved = p.replace(translation=torch.tensor([[0.0, 0.0, 0.1]] * 2))
+    torch.testing.assert_close(PosePrior()(moved), torch.tensor(4.0))  # 0.1 m = 2 units of 0.05 m
+    q = p.replace(neck_rotation=torch.tensor([[0.1, 0, 0], [0, 0, 0]]),
+                  left_eye_rotation=torch.tensor([[0, 0.2, 0], [0, 0, 0]]),
+                  jaw_rotation=torch.tensor([[0.3, 0.0, 0.3], [0.3, 0, 0]]))  # fmt: skip
+    torch.testing.assert_close(PosePrior()(q), torch.tensor((0.1**2 + 0.2**2 + 0.3**2) / 2))
+
+
+def test_silhouette_decreases_as_alpha_approaches_the_mask():
+    from headrecon.losses.photometric import SilhouetteL1
+
+    mask = torch.zeros(2, 1, 16, 16)
+    mask[:, :, 4:12, 4:12] = 1.0
+    loss = SilhouetteL1()
+    far = torch.zeros_like(mask)
+    values = [loss(far + t * (mask - far), mask).item() for t in (0.0, 0.5, 0.9, 1.0)]
+    assert values == sorted(values, reverse=True) and values[-1] == 0
+    torch.testing.assert_close(torch.tensor(values[0]), mask.mean())
+    alpha = torch.full_like(mask, 0.5).requires_grad_(True)
+    loss(alpha, mask).backward()
+    assert (alpha.grad[mask > 0] < 0).all() and (alpha.grad[mask == 0] > 0).all()
+    with pytest.raises(ValueError, match="differ"):
+        loss(alpha[:, :, :8], mask)

@@ -80,7 +80,8 @@ def tiny_regressor_ckpt(tmp_path_factory, tiny_flame):
     root = tmp_path_factory.mktemp("stability")
     flame_dir = write_flame_folder(root / "flame", tiny_flame)
     torch.manual_seed(0)
-    model = GaussianRegressor(FlameEstimator(str(flame_dir), init="random", **TINY_EST), head_kwargs=TINY_HEAD,
+    model = GaussianRegressor(FlameEstimator(str(flame_dir), init="random", head_init="zero", **TINY_EST),
+                              head_kwargs=TINY_HEAD,
                               render_size=32, backend="torch")  # fmt: skip
     with torch.no_grad():  # the shape head starts at zero (a neutral head): give it some output to measure
         torch.nn.init.normal_(model.estimator.net.heads["shape"][2].weight, std=0.1)

@@ -1,10 +1,11 @@
-"""Pixel-space photometric loss (SHeaP's L_L1, weight 6 in the paper's best configuration)."""
+"""Pixel-space photometric losses: SHeaP's L_L1 (weight 6 in the paper's best configuration) and a silhouette
+term on the render's alpha (our addition)."""
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
-__all__ = ["MaskedL1", "masked_mean"]
+__all__ = ["MaskedL1", "SilhouetteL1", "masked_mean"]
 
 
 def masked_mean(values: Tensor, mask: Tensor | None) -> Tensor:
@@ -21,3 +22,16 @@ class MaskedL1(nn.Module):
 
     def forward(self, render: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
         return masked_mean((render - target).abs(), mask)
+
+
+class SilhouetteL1(nn.Module):
+    """Mean absolute difference between the render's alpha and the target's head mask, [B, 1, H, W] in [0, 1]
+    (our addition, `w_silhouette`). The L1 on colours already sees the silhouette through the background colour,
+    but only as strongly as the head's colour differs from it; this term sees it everywhere, and fixes the head's
+    size and outline (on the synthetic demo, without it the rendered head shrinks and turns away, docs/results.md).
+    """
+
+    def forward(self, alpha: Tensor, mask: Tensor) -> Tensor:
+        if alpha.shape != mask.shape:
+            raise ValueError(f"SilhouetteL1: alpha {list(alpha.shape)} and mask {list(mask.shape)} differ")
+        return (alpha - mask).abs().mean()

@@ -38,7 +38,8 @@ class FlameEstimator(pl.LightningModule):
 
     Args:
         flame_dir: FLAME folder or model file (official files, converted npz or the procedural head).
-        backbone, img_size, n_shape, n_expression, identity_dim, lighting_dim, timm_kwargs: the network.
+        backbone, img_size, n_shape, n_expression, identity_dim, lighting_dim, timm_kwargs, stem, head_init: the network
+            (see :class:`~headrecon.nets.estimator.FlameEstimatorNet`).
         init: "farl" (FaRL checkpoint at `pretrained_path`), "random" (logged loudly) or "deferred" (weights
             come from a checkpoint right after construction).
         lr, weight_decay: AdamW for the supervised baseline.
@@ -57,6 +58,8 @@ class FlameEstimator(pl.LightningModule):
         init: str = "farl",
         pretrained_path: str | None = None,
         timm_kwargs: dict[str, Any] | None = None,
+        stem: str = "patch",
+        head_init: str = "default",
         lr: float = 1e-4,
         weight_decay: float = 1e-4,
         param_loss_weight: float = 1.0,
@@ -71,7 +74,7 @@ class FlameEstimator(pl.LightningModule):
         self.net = FlameEstimatorNet(
             backbone=backbone, img_size=img_size, n_shape=n_shape, n_expression=n_expression,
             identity_dim=identity_dim, lighting_dim=lighting_dim, init=init, pretrained_path=pretrained_path,
-            timm_kwargs=timm_kwargs,
+            timm_kwargs=timm_kwargs, stem=stem, head_init=head_init,
         )  # fmt: skip
         self.flame = FlameModel.from_path(flame_dir, n_shape=n_shape, n_expression=n_expression)
 

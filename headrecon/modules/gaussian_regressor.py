@@ -33,8 +33,8 @@ from headrecon.gaussians.densify import DensifyStatistics, densify_signal
 from headrecon.gaussians.head import GaussianHead
 from headrecon.losses.geometry import DepthConsistency, NormalConsistency, consistency_mask
 from headrecon.losses.landmarks import LandmarkLoss
-from headrecon.losses.photometric import MaskedL1
-from headrecon.losses.regularizers import FlamePrior, GaussianRegularizer, PoseLimits
+from headrecon.losses.photometric import MaskedL1, SilhouetteL1
+from headrecon.losses.regularizers import FlamePrior, GaussianRegularizer, PoseLimits, PosePrior
 from headrecon.modules.flame_estimator import FlameEstimator
 from headrecon.render.camera import Cameras
 from headrecon.render.mesh_raster import interpolate_vertex_attributes, rasterize_mesh, vertex_normals
@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 LOSS_WEIGHTS = dict(
     l1=6.0, perceptual=6.0, identity=0.3, emotion=0.1, shape_prior=1.0, expression_prior=1.0, normals=1.0,
     depth=1.0, offset=0.1, scale=0.01, opacity=0.001, landmarks=0.0, pose_limits=0.0,
+    pose_prior=0.0, silhouette=0.0,
 )  # fmt: skip
 
 
@@ -63,8 +64,10 @@ class GaussianRegressor(pl.LightningModule):
         background: RGB of the render background (also composited where the target has no mask).
         perceptual_loss, identity_loss, emotion_loss: optional modules `loss(render, target[, mask]) -> scalar`.
         dino: optional frozen DINOv2 module `images [B,3,H,W] -> tokens [B,T,D]` (needs `head_kwargs.use_dino`).
-        w_*: loss weights (defaults: the supplementary's, see `LOSS_WEIGHTS`; `w_pose_limits`, soft anatomical
-            limits on jaw/eye/neck rotations and translation, is our addition and off by default).
+        w_*: loss weights (defaults: the supplementary's, see `LOSS_WEIGHTS`). Our additions, off by default:
+            `w_pose_limits` (soft anatomical limits on jaw/eye/neck rotations and translation, `PoseLimits`),
+            `w_pose_prior` (weak L2 on neck, eyes, sideways jaw and translation, `PosePrior`) and `w_silhouette`
+            (L1 between the render's alpha and ``target_mask``).
         max_scale: Gaussian scale regulariser threshold (triangle-relative).
         lr_estimator, lr_regressor, weight_decay: AdamW with one group per network.
         t_history: window of the densification statistics (the `DensifyPrune` callback may reset it).
@@ -94,6 +97,8 @@ class GaussianRegressor(pl.LightningModule):
         w_opacity: float = LOSS_WEIGHTS["opacity"],
         w_landmarks: float = LOSS_WEIGHTS["landmarks"],
         w_pose_limits: float = LOSS_WEIGHTS["pose_limits"],
+        w_pose_prior: float = LOSS_WEIGHTS["pose_prior"],
+        w_silhouette: float = LOSS_WEIGHTS["silhouette"],
         max_scale: float = 0.6,
         lr_estimator: float = 1e-5,
         lr_regressor: float = 1e-4,
@@ -148,6 +153,8 @@ class GaussianRegressor(pl.LightningModule):
         self.prior, self.gaussian_reg = FlamePrior(), GaussianRegularizer(max_scale)
         self.landmark_loss = LandmarkLoss()
         self.pose_limits = PoseLimits()
+        self.pose_prior = PosePrior()
+        self.silhouette = SilhouetteL1()
         self.register_buffer("skipped_steps", torch.zeros((), dtype=torch.long))
         self._signal: tuple[Tensor, Tensor] | None = None
 
@@ -188,21 +195,28 @@ class GaussianRegressor(pl.LightningModule):
                     render=render, fragments=frag, mesh_normals=mesh_normals, cameras=cams)  # fmt: skip
 
     # ------------------------------------------------------------------------------------------- losses
-    def compute_losses(self, batch: dict[str, Any], out: dict[str, Any]) -> dict[str, Tensor]:
-        """Unweighted terms (dict) plus 'loss', the weighted total."""
-        hp = self.config
-        s = hp["render_size"]
+    def render_target(self, batch: dict[str, Any]) -> Tensor:
+        """What the render is compared with: ``target`` resized to the render size [B, 3, S, S] and, where the
+        batch has ``target_mask``, composited over the render background (the model renders the head only)."""
+        s = self.config["render_size"]
         target = batch["target"]
         if target.shape[-1] != s:
             target = F.interpolate(target, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
         mask = batch.get("target_mask")
-        if mask is not None and mask.shape[-1] != s:
+        if mask is None:
+            return target
+        if mask.shape[-1] != s:
             mask = F.interpolate(mask, size=(s, s), mode="bilinear", align_corners=False)
+        bg = torch.tensor(self.config["background"], device=target.device, dtype=target.dtype)
+        return target * mask + bg[None, :, None, None] * (1 - mask)
+
+    def compute_losses(self, batch: dict[str, Any], out: dict[str, Any]) -> dict[str, Tensor]:
+        """Unweighted terms (dict) plus 'loss', the weighted total."""
+        hp = self.config
+        s = hp["render_size"]
+        target = self.render_target(batch)
         render = out["render"]
         rgb = render.colors.permute(0, 3, 1, 2)
-        if mask is not None:  # outside the mask the target shows the background colour
-            bg = torch.tensor(hp["background"], device=rgb.device, dtype=rgb.dtype)[None, :, None, None]
-            target = target * mask + bg * (1 - mask)
         terms: dict[str, Tensor] = {"l1": self.l1(rgb, target)}
         for name, module in self.pretrained.items():
             terms[name] = module(rgb, target)
@@ -214,6 +228,13 @@ class GaussianRegressor(pl.LightningModule):
         terms["expression_prior"] = self.prior(both.expression)
         if hp["w_pose_limits"]:
             terms["pose_limits"] = self.pose_limits(both)
+        if hp["w_pose_prior"]:
+            terms["pose_prior"] = self.pose_prior(both)
+        if hp["w_silhouette"] and batch.get("target_mask") is not None:
+            mask = batch["target_mask"]
+            if mask.shape[-1] != s:
+                mask = F.interpolate(mask, size=(s, s), mode="bilinear", align_corners=False)
+            terms["silhouette"] = self.silhouette(render.alphas.permute(0, 3, 1, 2), mask)
         attrs = out["head"].attributes
         for k, v in self.gaussian_reg(attrs.offsets, attrs.scales, attrs.opacities).items():
             terms[k] = v
@@ -254,11 +275,8 @@ class GaussianRegressor(pl.LightningModule):
         out = self(batch["source"], batch["target"])
         terms = self.compute_losses(batch, out)
         B = batch["source"].shape[0]
-        s = self.config["render_size"]
         rgb = out["render"].colors.permute(0, 3, 1, 2).clamp(0, 1)
-        target = F.interpolate(
-            batch["target"], size=(s, s), mode="bilinear", align_corners=False, antialias=True
-        )
+        target = self.render_target(batch)  # background composited as in the loss: PSNR of the head render
         metrics = {"val/loss": terms["loss"], "val/psnr": psnr(rgb, target), "val/ssim": ssim(rgb, target)}
         if "perceptual" in self.pretrained:
             metrics["val/lpips"] = terms["perceptual"]

@@ -27,9 +27,23 @@ Outputs and parameterisations
 - identity features [B, identity_dim] (default 1024, the UV generator's latent), from the identity token, with
   PyTorch's default initialisation so the features already differ between images at the start.
 
-The last layer of the shape, expression, pose (rotations, translation), eyelid and lighting heads is zero
-initialised: a fresh network predicts the neutral FLAME head (zero shape and expression, identity rotations,
-zero translation: facing the camera) with open eyes, for every image.
+The last layer of the shape, expression, pose (rotations, translation), eyelid and lighting heads has PyTorch's
+default initialisation (``head_init="default"``): a fresh network predicts heads near the neutral one (on a
+ViT-Ti/8 of width 192: coefficients and rotation offsets of a few tenths, a few cm of translation) that differ
+between images. ``head_init="zero"`` makes a fresh network predict exactly the neutral FLAME head (zero shape and
+expression, identity rotations, zero translation: facing the camera) for every image, but a zero last layer
+passes no gradient to the layers before it until it has grown, and it grows on noise: behind the transformer,
+regressing head rotation on the synthetic data stays at the predict-the-mean loss for hundreds of steps where the
+default initialisation learns (docs/results.md).
+
+Patch embedding (``stem``)
+--------------------------
+- ``"patch"`` (default): the backbone's own patch embedding (one strided convolution), as FaRL / CLIP.
+- ``"conv"``: a convolutional (ResNet-18) stem in place of ``patch_embed.proj``, same token grid (see
+  :func:`conv_stem`; Xiao et al., "Early Convolutions Help Transformers See Better", NeurIPS 2021). For training from scratch on little data (the synthetic demo):
+  on 64 px synthetic heads a random-init ViT-Ti/8 with the plain patch embedding does not learn to regress head
+  rotation in 500 supervised steps, and with this stem it does (docs/results.md). Only with ``init="random"`` or
+  ``"deferred"``: pretrained checkpoints have a patch projection.
 
 Initialisation of the backbone (``init``)
 -----------------------------------------
@@ -63,6 +77,7 @@ __all__ = [
     "QUERY_GROUPS",
     "EstimatorOutput",
     "FlameEstimatorNet",
+    "conv_stem",
     "OUTPUT_NAMES",
     "QuickGeluMlp",
     "count_flops",
@@ -125,6 +140,7 @@ class EstimatorOutput:
 
 
 def _mlp_head(dim: int, out: int, zero_last: bool) -> nn.Sequential:
+    """Linear(dim, dim) -> GELU -> Linear(dim, out), the last layer zeroed when `zero_last`."""
     head = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, out))
     if zero_last:
         nn.init.zeros_(head[2].weight)
@@ -179,6 +195,52 @@ class QuickGeluMlp(nn.Module):
 _QUICK_GELU_K = 1.702
 
 
+class _BasicBlock(nn.Module):
+    """ResNet basic block: ReLU(shortcut(x) + BN(conv3x3(ReLU(BN(conv3x3_stride(x)))))), with a 1x1 strided
+    projection as the shortcut when the stride or width changes."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = (
+            nn.Identity()
+            if stride == 1 and c_in == c_out
+            else nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+        return F.relu(self.shortcut(x) + y)
+
+
+def conv_stem(
+    width: int, patch_size: tuple[int, int] | int, blocks_per_stage: int = 2, base_channels: int = 64
+) -> nn.Sequential:
+    """ResNet stem [B, 3, H, W] -> [B, width, H / p, W / p] for a square power-of-two patch size p >= 4: ResNet-18's
+    first layers (7x7 stride-2 conv + BatchNorm + ReLU + 3x3 stride-2 max-pool, a stage of `blocks_per_stage`
+    basic blocks at `base_channels`), one more stage per further factor 2 (stride 2, channels doubled), then a 1x1
+    convolution to `width`. At p = 8 this is ResNet-18 up to ``layer2``: the hybrid ViT of Dosovitskiy et al.
+    (2021), and a convolutional stem in the sense of Xiao et al. (2021)."""
+    p = patch_size if isinstance(patch_size, int) else patch_size[0]
+    if isinstance(patch_size, tuple) and patch_size[0] != patch_size[1] or p < 4 or p & (p - 1):
+        raise ValueError(f"conv_stem: needs a square power-of-two patch size >= 4, got {patch_size}")
+    c = base_channels
+    layers: list[nn.Module] = [
+        nn.Conv2d(3, c, 7, 2, 3, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1),
+    ]  # fmt: skip
+    layers += [_BasicBlock(c, c) for _ in range(blocks_per_stage)]
+    for _ in range(p.bit_length() - 3):  # stride 4 so far
+        layers += [_BasicBlock(c, 2 * c, 2)] + [
+            _BasicBlock(2 * c, 2 * c) for _ in range(blocks_per_stage - 1)
+        ]
+        c *= 2
+    layers.append(nn.Conv2d(c, width, 1))
+    return nn.Sequential(*layers)
+
+
 class FlameEstimatorNet(nn.Module):
     """timm ViT + query tokens -> :class:`EstimatorOutput`.
 
@@ -195,10 +257,14 @@ class FlameEstimatorNet(nn.Module):
         translation_scale: metres per unit of the translation head output.
         eyelid_init: eyelid value predicted at initialisation, in (0, 1).
         query_init_std: std of the noise added to the query tokens (and of their random init).
+        head_init: last layer of the parameter heads: ``"default"`` (PyTorch's initialisation) or ``"zero"``
+            (exactly the neutral head at initialisation); see the module docstring.
         fast_mlp: replace QuickGELU MLPs by :class:`QuickGeluMlp` (same function and parameter names, ~20%
             faster on CPU); no effect on backbones with another activation.
         timm_kwargs: extra keyword arguments for ``timm.create_model`` (e.g. ``embed_dim=64, depth=2,
             num_heads=2`` for a tiny test backbone). ``num_classes`` is always 0.
+        stem: ``"patch"`` (the backbone's patch embedding) or ``"conv"`` (a convolutional stem, see the module
+            docstring; needs a power-of-two patch size and no pretrained checkpoint).
 
     Input ``images`` [B, 3, img_size, img_size] RGB in [0, 1]; the module normalises them with the backbone's
     ``pretrained_cfg`` mean and std (OpenAI CLIP's for the CLIP layouts, which FaRL also uses), stored as
@@ -218,10 +284,21 @@ class FlameEstimatorNet(nn.Module):
         translation_scale: float = 0.1,
         eyelid_init: float = 0.02,
         query_init_std: float = 0.02,
+        head_init: str = "default",
         fast_mlp: bool = True,
         timm_kwargs: dict[str, Any] | None = None,
+        stem: str = "patch",
     ) -> None:
         super().__init__()
+        if head_init not in ("default", "zero"):
+            raise ValueError(f"FlameEstimatorNet: head_init must be 'default' or 'zero', got {head_init!r}")
+        if stem not in ("patch", "conv"):
+            raise ValueError(f"FlameEstimatorNet: stem must be 'patch' or 'conv', got {stem!r}")
+        if stem == "conv" and init == "farl":
+            raise ValueError(
+                "FlameEstimatorNet: stem='conv' replaces the patch projection that a FaRL checkpoint provides; "
+                "use it with init='random'"
+            )
         if init not in _INIT_CHOICES:
             raise ValueError(f"FlameEstimatorNet: init must be one of {_INIT_CHOICES}, got {init!r}")
         if not 0.0 < eyelid_init < 1.0:
@@ -240,6 +317,9 @@ class FlameEstimatorNet(nn.Module):
                 f"FlameEstimatorNet: backbone {backbone!r} is a {type(vit).__name__}; a timm VisionTransformer "
                 "(vit_*, deit_*, ...) is required"
             )
+        if stem == "conv":
+            vit.patch_embed.proj = conv_stem(vit.embed_dim, vit.patch_embed.patch_size)
+        self.stem = stem
         if fast_mlp:
             for blk in vit.blocks:
                 if QuickGeluMlp.applies_to(getattr(blk, "mlp", None)):
@@ -265,10 +345,10 @@ class FlameEstimatorNet(nn.Module):
         n_rot = len(ROTATION_FIELDS)
         self.heads = nn.ModuleDict(
             {
-                "shape": _mlp_head(D, n_shape, zero_last=True),
-                "expression": _mlp_head(D, n_expression + 2, zero_last=True),  # + eyelids
-                "pose": _mlp_head(D, 6 * n_rot + 3, zero_last=True),  # 6D rotations + translation
-                "lighting": _mlp_head(D, lighting_dim, zero_last=True),
+                "shape": _mlp_head(D, n_shape, head_init == "zero"),
+                "expression": _mlp_head(D, n_expression + 2, head_init == "zero"),  # + eyelids
+                "pose": _mlp_head(D, 6 * n_rot + 3, head_init == "zero"),  # 6D rotations + translation
+                "lighting": _mlp_head(D, lighting_dim, head_init == "zero"),
                 "identity": _mlp_head(D, identity_dim, zero_last=False),
             }
         )
