@@ -195,6 +195,14 @@ class GaussianRegressor(pl.LightningModule):
                     render=render, fragments=frag, mesh_normals=mesh_normals, cameras=cams)  # fmt: skip
 
     # ------------------------------------------------------------------------------------------- losses
+    def render_mask(self, batch: dict[str, Any]) -> Tensor | None:
+        """``target_mask`` resized to the render size [B, 1, S, S], or None when the batch has none."""
+        s = self.config["render_size"]
+        mask = batch.get("target_mask")
+        if mask is not None and mask.shape[-1] != s:
+            mask = F.interpolate(mask, size=(s, s), mode="bilinear", align_corners=False)
+        return mask
+
     def render_target(self, batch: dict[str, Any]) -> Tensor:
         """What the render is compared with: ``target`` resized to the render size [B, 3, S, S] and, where the
         batch has ``target_mask``, composited over the render background (the model renders the head only)."""
@@ -202,11 +210,9 @@ class GaussianRegressor(pl.LightningModule):
         target = batch["target"]
         if target.shape[-1] != s:
             target = F.interpolate(target, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
-        mask = batch.get("target_mask")
+        mask = self.render_mask(batch)
         if mask is None:
             return target
-        if mask.shape[-1] != s:
-            mask = F.interpolate(mask, size=(s, s), mode="bilinear", align_corners=False)
         bg = torch.tensor(self.config["background"], device=target.device, dtype=target.dtype)
         return target * mask + bg[None, :, None, None] * (1 - mask)
 
@@ -230,10 +236,8 @@ class GaussianRegressor(pl.LightningModule):
             terms["pose_limits"] = self.pose_limits(both)
         if hp["w_pose_prior"]:
             terms["pose_prior"] = self.pose_prior(both)
-        if hp["w_silhouette"] and batch.get("target_mask") is not None:
-            mask = batch["target_mask"]
-            if mask.shape[-1] != s:
-                mask = F.interpolate(mask, size=(s, s), mode="bilinear", align_corners=False)
+        mask = self.render_mask(batch)
+        if hp["w_silhouette"] and mask is not None:
             terms["silhouette"] = self.silhouette(render.alphas.permute(0, 3, 1, 2), mask)
         attrs = out["head"].attributes
         for k, v in self.gaussian_reg(attrs.offsets, attrs.scales, attrs.opacities).items():
