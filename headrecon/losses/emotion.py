@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from headrecon.losses.photometric import masked_pair
 from headrecon.nets.emotion_net import EmotionResNet50, load_emotion_resnet50
 
 __all__ = ["EmocaEmotionLoss", "EmotionLoss", "build_emotion_net"]
@@ -58,15 +59,9 @@ class EmotionLoss(nn.Module):
         Returns:
             scalar: mean squared feature difference (0 for identical images).
         """
-        if render.shape != target.shape or render.ndim != 4 or render.shape[1] != 3:
-            raise ValueError(
-                f"render and target must both be [B, 3, H, W], got {render.shape}, {target.shape}"
-            )
-        if mask is not None:
-            render = render * mask
-            target = target * mask
+        render, target = masked_pair(render, target, mask)
         with torch.no_grad():
-            f_tgt = self.net(target.detach())
+            f_tgt = self.net(target)
         return F.mse_loss(self.net(render), f_tgt)
 
 

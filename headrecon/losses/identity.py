@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from kornia.geometry.transform import warp_affine
 from torch import Tensor, nn
 
+from headrecon.losses.photometric import masked_pair
 from headrecon.nets.arcface import ARCFACE_TEMPLATE_112, ArcFace
 
 __all__ = [
@@ -137,15 +138,9 @@ class IdentityLoss(nn.Module):
         Returns:
             scalar in [0, 2]: mean of 1 - cosine similarity (0 for identical images).
         """
-        if render.shape != target.shape or render.ndim != 4 or render.shape[1] != 3:
-            raise ValueError(
-                f"render and target must both be [B, 3, H, W], got {render.shape}, {target.shape}"
-            )
-        if mask is not None:
-            render = render * mask
-            target = target * mask
+        render, target = masked_pair(render, target, mask)
         with torch.no_grad():
-            e_tgt = self.embed(target.detach(), landmarks)
+            e_tgt = self.embed(target, landmarks)
         e_ren = self.embed(render, landmarks)
         return (1.0 - (e_ren * e_tgt).sum(-1)).mean()
 

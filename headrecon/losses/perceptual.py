@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from headrecon.losses.photometric import masked_pair
+
 __all__ = ["VGG16_URL", "LPIPSLoss", "build_lpips_vgg", "load_vgg16_features"]
 
 log = logging.getLogger(__name__)
@@ -132,12 +134,5 @@ class LPIPSLoss(nn.Module):
         Returns:
             scalar: mean over the batch of LPIPS(render, target) (0 for identical images).
         """
-        if render.shape != target.shape or render.ndim != 4 or render.shape[1] != 3:
-            raise ValueError(
-                f"render and target must both be [B, 3, H, W], got {render.shape}, {target.shape}"
-            )
-        target = target.detach()
-        if mask is not None:
-            render = render * mask
-            target = target * mask
+        render, target = masked_pair(render, target, mask)
         return self.lpips(render, target, normalize=True).mean()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-__all__ = ["MaskedL1", "SilhouetteL1", "masked_mean"]
+__all__ = ["MaskedL1", "SilhouetteL1", "masked_mean", "masked_pair"]
 
 
 def masked_mean(values: Tensor, mask: Tensor | None) -> Tensor:
@@ -15,6 +15,18 @@ def masked_mean(values: Tensor, mask: Tensor | None) -> Tensor:
         return values.mean()
     w = mask.expand_as(values)
     return (values * w).sum() / w.sum().clamp_min(1.0)
+
+
+def masked_pair(render: Tensor, target: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The common prologue of the image-network losses: checks that render and target are both [B, 3, H, W],
+    detaches the target and, with a mask [B, 1, H, W] in [0, 1], composites both onto black by it."""
+    if render.shape != target.shape or render.ndim != 4 or render.shape[1] != 3:
+        raise ValueError(f"render and target must both be [B, 3, H, W], got {render.shape}, {target.shape}")
+    target = target.detach()
+    if mask is not None:
+        render = render * mask
+        target = target * mask
+    return render, target
 
 
 class MaskedL1(nn.Module):
