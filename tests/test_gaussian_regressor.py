@@ -91,6 +91,36 @@ def test_our_additional_terms_only_when_weighted(flame_dir):
         torch.testing.assert_close(terms["loss"], total)
 
 
+def test_geometry_consistency_pixels(flame_dir):
+    """Normal/depth consistency are measured where the mesh faces the camera and, with `consistency_edge_m`,
+    away from its depth steps."""
+    from headrecon.losses.geometry import consistency_mask, depth_discontinuities
+
+    batch = _pairs(_model(flame_dir), n=2)
+    with torch.no_grad():
+        model = _model(flame_dir)
+        out = model(batch["source"], batch["target"])
+        frag, render = out["fragments"], out["render"]
+        assert out["mesh_front"].dtype == torch.bool and not (out["mesh_front"] & ~frag.mask).any()
+        assert (
+            out["mesh_front"].sum() >= 0.95 * frag.mask.sum()
+        )  # a closed sphere-like head: nearly all front
+        # only front-facing pixels count: with none, the terms are 0
+        seen_from_behind = dict(out, mesh_front=torch.zeros_like(out["mesh_front"]))
+        terms = model.compute_losses(batch, seen_from_behind)
+        assert terms["normals"].item() == 0.0 and terms["depth"].item() == 0.0
+        plain = model.compute_losses(batch, out)
+        model.config["consistency_edge_m"] = 0.005
+        edged = model.compute_losses(batch, out)
+        keep = out["mesh_front"] & ~depth_discontinuities(frag.depth, frag.mask, 0.005)
+        assert keep.sum() < out["mesh_front"].sum()
+        expected = model.normals_loss(
+            render.normals, out["mesh_normals"], consistency_mask(keep, render.alphas)
+        )
+        torch.testing.assert_close(edged["normals"], expected)
+        assert edged["normals"].item() != plain["normals"].item()
+
+
 def test_non_finite_loss_skips_the_step(flame_dir, tmp_path):
     model = _model(flame_dir)
     batch = _pairs(model, n=2)

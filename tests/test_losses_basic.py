@@ -3,12 +3,23 @@
 import pytest
 import torch
 
-from headrecon.losses.geometry import DepthConsistency, NormalConsistency, consistency_mask
+from headrecon.losses.geometry import (
+    DepthConsistency,
+    NormalConsistency,
+    consistency_mask,
+    depth_discontinuities,
+)
 from headrecon.losses.landmarks import LandmarkLoss
 from headrecon.losses.photometric import MaskedL1
 from headrecon.losses.regularizers import FlamePrior, GaussianRegularizer
 from headrecon.render.camera import Cameras
-from headrecon.render.mesh_raster import rasterize_mesh, render_mesh
+from headrecon.render.mesh_raster import (
+    front_facing,
+    interpolate_vertex_attributes,
+    rasterize_mesh,
+    render_mesh,
+    vertex_normals,
+)
 from tests.meshes import icosphere
 
 
@@ -50,6 +61,39 @@ def test_geometry_consistency_zero_at_agreement_and_decreasing():
     assert d_vals == sorted(d_vals, reverse=True) and d_vals[-1] == 0
     # alpha-scaled Gaussian normals (gsplat convention) are normalised before comparing
     assert nl(r.normals.detach() * 0.7, r.normals.detach(), mask).item() < 1e-6
+
+
+def test_front_facing_marks_the_outside_of_a_closed_mesh():
+    v, f, cams = _sphere_maps()
+    v = v.detach()
+    frag = rasterize_mesh(v, f, cams)
+    rays = cams.pixel_rays()[1]
+    n = interpolate_vertex_attributes(frag, f, vertex_normals(v, f))
+    front = frag.mask & front_facing(n, rays)
+    # a sphere seen from outside: every covered pixel faces the camera, but for a few grazing ones at the rim
+    # where the interpolated vertex normals tip away
+    assert front.sum() >= 0.99 * frag.mask.sum()
+    inside_out = interpolate_vertex_attributes(frag, f, vertex_normals(v, f.flip(-1)))  # reversed winding
+    assert (frag.mask & front_facing(inside_out, rays)).sum() <= 0.01 * frag.mask.sum()
+
+
+def test_depth_discontinuities_find_occlusion_boundaries_only():
+    depth = torch.full((1, 12, 12), 1.0)
+    depth[:, :, 6:] = 1.05  # a 5 cm step between columns 5 and 6
+    mask = torch.ones(1, 12, 12, dtype=torch.bool)
+    mask[:, 0, :] = False  # an uncovered top row
+    edges = depth_discontinuities(depth, mask, threshold=0.01)
+    assert edges[0, 5:, 5:7].all() and edges[0, 1, :].all()  # both sides of the step, next to the hole
+    assert not edges[0, 3:, :5].any() and not edges[0, 3:, 7:].any()  # smooth parts
+    assert not edges[0, 0].any()  # uncovered pixels are never edges
+    slope = torch.linspace(1.0, 1.02, 12).expand(1, 12, 12).contiguous()  # 1.8 mm per pixel: smooth
+    assert not depth_discontinuities(slope, torch.ones(1, 12, 12, dtype=torch.bool), 0.01)[
+        :, 1:-1, 1:-1
+    ].any()
+    v, f, cams = _sphere_maps()
+    frag = rasterize_mesh(v.detach(), f, cams)
+    sphere_edges = depth_discontinuities(frag.depth, frag.mask, 0.01)
+    assert 0 < sphere_edges.sum() < 0.5 * frag.mask.sum()  # the silhouette ring and the steep rim near it
 
 
 def test_geometry_consistency_moves_the_mesh():

@@ -31,13 +31,23 @@ from torch import Tensor, nn
 from headrecon.flame.params import FlameParams
 from headrecon.gaussians.densify import DensifyStatistics, densify_signal
 from headrecon.gaussians.head import GaussianHead
-from headrecon.losses.geometry import DepthConsistency, NormalConsistency, consistency_mask
+from headrecon.losses.geometry import (
+    DepthConsistency,
+    NormalConsistency,
+    consistency_mask,
+    depth_discontinuities,
+)
 from headrecon.losses.landmarks import LandmarkLoss
 from headrecon.losses.photometric import MaskedL1, SilhouetteL1
 from headrecon.losses.regularizers import FlamePrior, GaussianRegularizer, PoseLimits, PosePrior
 from headrecon.modules.flame_estimator import FlameEstimator
 from headrecon.render.camera import Cameras
-from headrecon.render.mesh_raster import interpolate_vertex_attributes, rasterize_mesh, vertex_normals
+from headrecon.render.mesh_raster import (
+    front_facing,
+    interpolate_vertex_attributes,
+    rasterize_mesh,
+    vertex_normals,
+)
 from headrecon.render.splat import render_surfels
 
 __all__ = ["GaussianRegressor", "LOSS_WEIGHTS"]
@@ -69,6 +79,8 @@ class GaussianRegressor(pl.LightningModule):
             `w_pose_prior` (weak L2 on neck, eyes, sideways jaw and translation, `PosePrior`) and `w_silhouette`
             (L1 between the render's alpha and ``target_mask``).
         max_scale: Gaussian scale regulariser threshold (triangle-relative).
+        consistency_edge_m: our addition, off (None) by default: leave pixels next to a depth step of the mesh larger
+            than this (metres) out of the normal and depth consistency terms (`depth_discontinuities`).
         lr_estimator, lr_regressor, weight_decay: AdamW with one group per network.
         t_history: window of the densification statistics (the `DensifyPrune` callback may reset it).
     """
@@ -100,6 +112,7 @@ class GaussianRegressor(pl.LightningModule):
         w_pose_prior: float = LOSS_WEIGHTS["pose_prior"],
         w_silhouette: float = LOSS_WEIGHTS["silhouette"],
         max_scale: float = 0.6,
+        consistency_edge_m: float | None = None,
         lr_estimator: float = 1e-5,
         lr_regressor: float = 1e-4,
         weight_decay: float = 1e-4,
@@ -191,8 +204,10 @@ class GaussianRegressor(pl.LightningModule):
         frag = rasterize_mesh(verts, self.estimator.flame.faces, cams)
         mesh_normals = interpolate_vertex_attributes(frag, self.estimator.flame.faces,
                                                      vertex_normals(verts, self.estimator.flame.faces))  # fmt: skip
+        mesh_front = frag.mask & front_facing(mesh_normals, cams.pixel_rays()[1])
         return dict(source_params=p_src, target_params=p_tgt, params=params, flame=flame_out, head=head,
-                    render=render, fragments=frag, mesh_normals=mesh_normals, cameras=cams)  # fmt: skip
+                    render=render, fragments=frag, mesh_normals=mesh_normals, mesh_front=mesh_front,
+                    cameras=cams)  # fmt: skip
 
     # ------------------------------------------------------------------------------------------- losses
     def render_mask(self, batch: dict[str, Any]) -> Tensor | None:
@@ -226,7 +241,13 @@ class GaussianRegressor(pl.LightningModule):
         terms: dict[str, Tensor] = {"l1": self.l1(rgb, target)}
         for name, module in self.pretrained.items():
             terms[name] = module(rgb, target)
-        geo_mask = consistency_mask(out["fragments"].mask, render.alphas)
+        # Normal and depth consistency where the mesh is seen from the front: inside an open mouth the mesh shows
+        # the back of the lips, where the camera-facing surfels cannot agree with it (it biased the jaw closed).
+        geo_pixels = out["mesh_front"]
+        if hp["consistency_edge_m"] is not None:
+            frag = out["fragments"]
+            geo_pixels = geo_pixels & ~depth_discontinuities(frag.depth, frag.mask, hp["consistency_edge_m"])
+        geo_mask = consistency_mask(geo_pixels, render.alphas)
         terms["normals"] = self.normals_loss(render.normals, out["mesh_normals"], geo_mask)
         terms["depth"] = self.depth_loss(render.depth_expected, out["fragments"].depth, geo_mask)
         both = FlameParams.cat([out["source_params"], out["target_params"]])

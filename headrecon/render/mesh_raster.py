@@ -44,6 +44,7 @@ __all__ = [
     "sample_texture",
     "face_normals",
     "vertex_normals",
+    "front_facing",
     "render_mesh",
     "DEFAULT_ALBEDO",
 ]
@@ -484,6 +485,16 @@ def vertex_normals(vertices: Tensor, faces: Tensor) -> Tensor:
     for k in range(3):
         acc = acc.index_add(1, faces[:, k], n)
     return Fn.normalize(acc, dim=-1, eps=1e-20)
+
+
+def front_facing(normals: Tensor, view_dirs: Tensor) -> Tensor:
+    """[...] bool: True where normals [..., 3] face the viewer (n . d < 0) for view directions d [..., 3] from
+    the camera towards the surface (e.g. ``Cameras.pixel_rays()[1]`` [B, H, W, 3]).
+
+    With interpolated mesh normals [B, H, W, 3] this marks the pixels where the mesh is seen from the front; it is
+    False inside an open mouth, where FLAME (no teeth, no tongue) shows the inside of the lips and cheeks.
+    """
+    return (normals * view_dirs).sum(-1) < 0
 
 
 # ------------------------------------------------------------------------------------------------ shading
