@@ -70,3 +70,31 @@ def test_render_backpropagates_into_all_parts(procedural_flame_dir):
                     ("embeddings", head.canonical_gaussians.embeddings)]:  # fmt: skip
         assert t.grad is not None and t.grad.abs().sum() > 0, name
     assert all(p.grad is not None for p in head.gcn.parameters())
+
+
+def test_embedding_albedo_gives_each_gaussian_a_direct_colour(procedural_flame_dir):
+    import pytest
+
+    flame = FlameModel.from_path(procedural_flame_dir)
+    with pytest.raises(ValueError, match="embed_dim >= 3"):
+        GaussianHead(
+            flame.faces, flame.uvs, flame.uv_faces, **dict(SMALL, embed_dim=2), embedding_albedo=True
+        )
+    paper = _head(flame)
+    ours = GaussianHead(flame.faces, flame.uvs, flame.uv_faces, **SMALL, embedding_albedo=True).eval()
+    ours.load_state_dict(paper.state_dict())  # the same weights: the flag adds no parameter
+    verts = flame(FlameParams.zeros(1)).vertices
+    identity, lighting = torch.randn(1, 16), torch.zeros(1, 27)
+    with torch.no_grad():
+        a_paper = paper(identity, verts, lighting).attributes
+        a_ours = ours(identity, verts, lighting).attributes
+    emb = paper.canonical_gaussians.embeddings[:, :3]
+    torch.testing.assert_close(
+        torch.logit(a_ours.albedo), torch.logit(a_paper.albedo) + emb, atol=1e-4, rtol=0
+    )
+    torch.testing.assert_close(a_ours.offsets, a_paper.offsets)
+    # the gradient of a Gaussian's albedo reaches its own embedding directly
+    out = ours(identity, verts, lighting)
+    out.attributes.albedo[0, 5, 0].backward()
+    a = out.attributes.albedo[0, 5, 0].detach()
+    assert ours.canonical_gaussians.embeddings.grad[5, 0] > 0.5 * a * (1 - a)

@@ -170,3 +170,14 @@ def test_default_structure() -> None:
     assert len(m.blocks) == 4  # the paper's 4 residual blocks
     assert all(isinstance(b.conv1, SharedGraphConv) and b.conv1.aggr == "mean" for b in m.blocks)
     assert sum(p.numel() for p in m.parameters()) == 275469
+
+
+def test_albedo_bias_shifts_the_logits_only(model: GaussianGCN) -> None:
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 30, 12, generator=g, dtype=torch.float64)
+    ei = _graph(30, 3, seed=3)
+    bias = torch.randn(30, 3, generator=g, dtype=torch.float64)
+    plain, shifted = model(x, ei), model(x, ei, albedo_bias=bias)
+    torch.testing.assert_close(torch.logit(shifted.albedo), torch.logit(plain.albedo) + bias)
+    torch.testing.assert_close(shifted.offsets, plain.offsets)
+    torch.testing.assert_close(shifted.opacities, plain.opacities)

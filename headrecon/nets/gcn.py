@@ -272,11 +272,14 @@ class GaussianGCN(nn.Module):
             self.albedo_head.bias.zero_()
             self.opacity_head.bias.fill_(math.log(init_opacity / (1.0 - init_opacity)))
 
-    def forward(self, features: Tensor, edge_index: Tensor) -> GaussianAttributes:
+    def forward(
+        self, features: Tensor, edge_index: Tensor, albedo_bias: Tensor | None = None
+    ) -> GaussianAttributes:
         """Args:
             features: [B, N, F] per-Gaussian inputs (see ``gcn_inputs``).
             edge_index: [2, E] long, shared by the B heads (both directions for an undirected graph), or a
                 prebuilt ``shared_adjacency(edge_index, N)`` sparse CSR [N, N] to skip rebuilding it.
+            albedo_bias: optional [N, 3] or [B, N, 3] added to the albedo logits before the sigmoid.
 
         Returns:
             GaussianAttributes with [B, N, ...] tensors (see the module docstring for the activations).
@@ -296,10 +299,13 @@ class GaussianGCN(nn.Module):
         h = self.input(features)
         for block in self.blocks:
             h = block(h, adj_t)
+        albedo_logits = self.albedo_head(h)
+        if albedo_bias is not None:
+            albedo_logits = albedo_logits + albedo_bias.to(albedo_logits.dtype)
         return GaussianAttributes(
             offsets=self.offset_head(h),
             rotations=F.normalize(self.rotation_head(h), dim=-1, eps=1e-8),
             scales=F.softplus(self.scale_head(h)),
-            albedo=torch.sigmoid(self.albedo_head(h)),
+            albedo=torch.sigmoid(albedo_logits),
             opacities=torch.sigmoid(self.opacity_head(h)).squeeze(-1),
         )
