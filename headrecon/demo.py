@@ -95,7 +95,8 @@ def run_demo(argv: list[str] | None = None) -> dict:
     batch = next(iter(dm.val_dataloader()))
     with torch.no_grad():
         fwd = model(batch["source"], batch["target"])
-    save_image(out / "samples.png", make_image_grid(batch, fwd).permute(1, 2, 0).numpy())
+        grid = make_image_grid(batch, fwd, target=model.render_target(batch))
+    save_image(out / "samples.png", grid.permute(1, 2, 0).numpy())
     report = {
         "steps": trainer.global_step,
         "train_seconds": round(t_train, 1),

@@ -13,8 +13,15 @@ __all__ = ["ImageGridLogger", "make_image_grid"]
 
 
 @torch.no_grad()
-def make_image_grid(batch: dict[str, Any], out: dict[str, Any], max_rows: int = 4) -> Tensor:
-    """[3, rows * S, 5 * S] grid in [0, 1] from a GaussianRegressor batch and its forward output."""
+def make_image_grid(
+    batch: dict[str, Any], out: dict[str, Any], max_rows: int = 4, target: Tensor | None = None
+) -> Tensor:
+    """[3, rows * S, 5 * S] grid in [0, 1] from a GaussianRegressor batch and its forward output.
+
+    Columns: source, target frame, render, Gaussian normals, 3 x |render - target| (mean over RGB). `target`
+    [B, 3, H, W] is what the render is compared with in the error panel (GaussianRegressor.render_target: the frame
+    composited over the render background); the raw target frame when None.
+    """
     render = out["render"]
     rgb = render.colors.permute(0, 3, 1, 2).clamp(0, 1)
     s = rgb.shape[-1]
@@ -25,7 +32,8 @@ def make_image_grid(batch: dict[str, Any], out: dict[str, Any], max_rows: int = 
     src, tgt = fit(batch["source"]), fit(batch["target"])
     normals = F.normalize(render.normals, dim=-1).permute(0, 3, 1, 2) * 0.5 + 0.5
     normals = normals * render.alphas.permute(0, 3, 1, 2)
-    err = (rgb - tgt).abs().mean(1, keepdim=True).expand(-1, 3, -1, -1).mul(3).clamp(0, 1)
+    ref = tgt if target is None else fit(target)
+    err = (rgb - ref).abs().mean(1, keepdim=True).expand(-1, 3, -1, -1).mul(3).clamp(0, 1)
     rows = [torch.cat([a, b, c, d, e], dim=-1) for a, b, c, d, e in zip(src, tgt, rgb, normals, err)][
         :max_rows
     ]
@@ -45,7 +53,9 @@ class ImageGridLogger(pl.Callback):
         last = getattr(pl_module, "_last", None)
         if last is None or trainer.global_step % self.every_n_steps != 0 or not trainer.is_global_zero:
             return
-        grid = make_image_grid(last["batch"], last["out"], self.max_rows)
+        compare = getattr(pl_module, "render_target", None)
+        target = compare(last["batch"]) if callable(compare) else None
+        grid = make_image_grid(last["batch"], last["out"], self.max_rows, target)
         for logger in trainer.loggers:
             exp = getattr(logger, "experiment", None)
             if hasattr(exp, "add_image"):
