@@ -40,10 +40,10 @@ Patch embedding (``stem``)
 --------------------------
 - ``"patch"`` (default): the backbone's own patch embedding (one strided convolution), as FaRL / CLIP.
 - ``"conv"``: a convolutional (ResNet-18) stem in place of ``patch_embed.proj``, same token grid (see
-  :func:`conv_stem`; Xiao et al., "Early Convolutions Help Transformers See Better", NeurIPS 2021). For training from scratch on little data (the synthetic demo):
-  on 64 px synthetic heads a random-init ViT-Ti/8 with the plain patch embedding does not learn to regress head
-  rotation in 500 supervised steps, and with this stem it does (docs/results.md). Only with ``init="random"`` or
-  ``"deferred"``: pretrained checkpoints have a patch projection.
+  :func:`conv_stem`; Xiao et al., "Early Convolutions Help Transformers See Better", NeurIPS 2021). For training
+  from scratch on little data (the synthetic demo): on 64 px synthetic heads a random-init ViT-Ti/8 with the plain
+  patch embedding does not learn to regress head rotation in 500 supervised steps, and with this stem it does
+  (docs/results.md). Only with ``init="random"`` or ``"deferred"``: pretrained checkpoints have a patch projection.
 
 Initialisation of the backbone (``init``)
 -----------------------------------------
