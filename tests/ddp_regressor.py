@@ -12,6 +12,7 @@ import lightning.pytorch as pl
 import torch
 
 from headrecon.callbacks import DensifyPrune
+from tests.densify_toy import shutdown_process_group
 from tests.flame_files import make_tiny_flame, write_flame_folder
 from tests.test_gaussian_regressor import _model, _pairs
 
@@ -47,6 +48,7 @@ def main(out_dir: str) -> None:
     snap = {"face_ids": c.face_ids, "bary": c.bary, "uids": c.uids, "embeddings": c.embeddings.detach(),
             **{k: v.detach() for k, v in model.named_parameters() if k.startswith(("head.gcn.", "estimator."))}}  # fmt: skip
     torch.save({"snapshot": snap, "history": cb.history}, out / f"rank{trainer.global_rank}.pt")
+    shutdown_process_group()
 
 
 if __name__ == "__main__":

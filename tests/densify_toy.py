@@ -61,6 +61,14 @@ def snapshot(module: ToyGaussianModule) -> dict[str, torch.Tensor]:
              "head.weight": module.head.weight}.items()}  # fmt: skip
 
 
+def shutdown_process_group() -> None:
+    """Shut gloo down before the interpreter does: left to interpreter teardown, a rank now and then aborts
+    ("terminate called without an active exception", exit -6) after all its work is done."""
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def _ddp_main(out_dir: str) -> None:
     torch.manual_seed(0)
     model = ToyGaussianModule()
@@ -73,6 +81,7 @@ def _ddp_main(out_dir: str) -> None:
     torch.save(
         {"snapshot": snapshot(model), "history": cb.history}, Path(out_dir) / f"rank{trainer.global_rank}.pt"
     )
+    shutdown_process_group()
 
 
 if __name__ == "__main__":
