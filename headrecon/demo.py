@@ -101,7 +101,8 @@ def run_demo(argv: list[str] | None = None) -> dict:
         "steps": trainer.global_step,
         "train_seconds": round(t_train, 1),
         "total_seconds": round(time.time() - t0, 1),
-        "gaussians": len(model.canonical_gaussians),
+        "renderer": model.config["renderer"],
+        "gaussians": len(model.canonical_gaussians) if model.config["renderer"] == "gaussians" else None,
         "vertex_error_mm": {
             "before": before.get("val/vertex_error_mm"),
             "after": after.get("val/vertex_error_mm"),
@@ -121,7 +122,11 @@ def run_demo(argv: list[str] | None = None) -> dict:
         "# headrecon synthetic demo",
         "",
         f"{report['steps']} steps in {report['train_seconds']} s (total {report['total_seconds']} s); "
-        f"{report['gaussians']} Gaussians at the end.",
+        + (
+            f"{report['gaussians']} Gaussians at the end."
+            if report["gaussians"] is not None
+            else "mesh-only render."
+        ),
         "",
         "| held-out subjects | vertex error (mm, rigid alignment) | landmark error (mm) | PSNR (dB) |",
         "|---|---|---|---|",

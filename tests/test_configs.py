@@ -26,7 +26,12 @@ def test_paper_config_lists_all_missing_files(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_demo_end_to_end_writes_report(tmp_path):
+@pytest.mark.parametrize(
+    "config, run_dir",
+    [("sheap_synthetic.yaml", "."), ("sheap_synthetic_mesh.yaml", "mesh")],
+    ids=["gaussians", "mesh"],
+)
+def test_demo_end_to_end_writes_report(tmp_path, config, run_dir):
     import json
 
     from headrecon.demo import run_demo
@@ -34,7 +39,7 @@ def test_demo_end_to_end_writes_report(tmp_path):
     cwd = os.getcwd()
     os.chdir(tmp_path)  # the synthetic config's paths are relative (demo_out/...)
     try:
-        report = run_demo(["--config", str(ROOT / "lightning_configs/sheap_synthetic.yaml"), "--subjects", "3",
+        report = run_demo(["--config", str(ROOT / "lightning_configs" / config), "--subjects", "3",
                            "--clips", "1", "--frames", "4", "--trainer.max_steps", "3",
                            "--trainer.val_check_interval", "3", "--trainer.enable_progress_bar", "false"])  # fmt: skip
     finally:
@@ -45,4 +50,7 @@ def test_demo_end_to_end_writes_report(tmp_path):
     for k in ("before", "after", "mean_head"):
         assert saved["vertex_error_mm"][k] > 0
     assert (out / "samples.png").stat().st_size > 0 and (out / "procedural_head.png").exists()
-    assert (out / "checkpoints" / "last.ckpt").exists() and any((out / "logs").rglob("events.out.tfevents*"))
+    assert saved["renderer"] == ("mesh" if run_dir == "mesh" else "gaussians")
+    assert (saved["gaussians"] is None) == (run_dir == "mesh")
+    run = out / run_dir
+    assert (run / "checkpoints" / "last.ckpt").exists() and any((run / "logs").rglob("events.out.tfevents*"))

@@ -25,10 +25,10 @@ def flame_dir(tmp_path_factory, tiny_flame):
     return write_flame_folder(tmp_path_factory.mktemp("tiny_flame"), tiny_flame)
 
 
-def _model(flame_dir, **kw):
+def _model(flame_dir, head_kwargs=TINY_HEAD, **kw):
     torch.manual_seed(0)
     est = FlameEstimator(str(flame_dir), init="random", **TINY_EST)
-    return GaussianRegressor(est, head_kwargs=TINY_HEAD, render_size=32, backend="torch", **kw)
+    return GaussianRegressor(est, head_kwargs=head_kwargs, render_size=32, backend="torch", **kw)
 
 
 def _pairs(model, n=4, seed=0):

@@ -3,7 +3,8 @@
 Builds model and data from a config (default: the synthetic demo's, preparing its assets under --out as `headrecon
 demo` does), takes one training batch, and times, over repeats: the estimator forward on source and target, the
 FLAME forward, the Gaussian head, the 2DGS render, the mesh rasterisation, the losses, the backward pass and the
-optimiser step, each separately (stages are re-run up to themselves, then timed), plus the full step.
+optimiser step (with ``renderer: mesh``: the textured-mesh head and its render instead of the Gaussian head, the 2DGS
+render and the consistency rasterisation), each separately (stages are re-run up to themselves, then timed), plus the full step.
 """
 
 from __future__ import annotations
@@ -42,8 +43,13 @@ def bench_train(argv: list[str] | None = None) -> dict:
         e = est(torch.cat([src, tgt]))
         params = e.flame[B:].replace(shape=e.flame[:B].shape)
         verts = flame(params).vertices
-        head = model.head(e.identity[:B], verts, e.lighting[B:])
         cams = model.cameras(B)
+        mesh = model.config["renderer"] == "mesh"
+        bg = torch.zeros(B, 3)
+        if mesh:
+            head_out = model.head(e.identity[:B], e.lighting[B:])
+        else:
+            head_out = model.head(e.identity[:B], verts, e.lighting[B:])
 
     def full_step():
         opt.zero_grad(set_to_none=True)
@@ -65,26 +71,29 @@ def bench_train(argv: list[str] | None = None) -> dict:
         loss_holder["loss"].backward()
         opt.zero_grad(set_to_none=True)
 
+    parts = {"estimator_s": lambda: est(torch.cat([src, tgt])), "flame_s": lambda: flame(params)}
+    if mesh:
+        parts["head_s"] = lambda: model.head(e.identity[:B], e.lighting[B:])
+        parts["render_s"] = lambda: model.head.render(head_out, verts, cams, bg)
+    else:
+        parts["head_s"] = lambda: model.head(e.identity[:B], verts, e.lighting[B:])
+        parts["render_s"] = lambda: render_surfels(head_out.surfels, cams, backend=model.config["backend"])
+        parts["mesh_raster_s"] = lambda: rasterize_mesh(verts, flame.faces, cams)
     stages = {
-        "estimator_s": lambda: est(torch.cat([src, tgt])),
-        "flame_s": lambda: flame(params),
-        "gaussian_head_s": lambda: model.head(e.identity[:B], verts, e.lighting[B:]),
-        "render_s": lambda: render_surfels(head.surfels, cams, backend=model.config["backend"]),
-        "mesh_raster_s": lambda: rasterize_mesh(verts, flame.faces, cams),
+        **parts,
         "forward_and_losses_s": make_loss,
         "forward_losses_backward_s": backward,
         "full_step_s": full_step,
     }
-    record = {"bench": "train", "config": args.config, "batch": B, "gaussians": len(model.canonical_gaussians),
+    record = {"bench": "train", "config": args.config, "batch": B, "renderer": model.config["renderer"],
+              "gaussians": None if mesh else len(model.canonical_gaussians),
               "render_size": model.config["render_size"]}  # fmt: skip
     for name, fn in stages.items():
-        if name in ("estimator_s", "flame_s", "gaussian_head_s", "render_s", "mesh_raster_s"):
+        if name in parts:
             with torch.enable_grad():
                 record[name] = median(time_repeats(fn, args.repeats))
         else:
             record[name] = median(time_repeats(fn, args.repeats))
     record["backward_s"] = record["forward_losses_backward_s"] - record["forward_and_losses_s"]
-    record["losses_s"] = record["forward_and_losses_s"] - sum(
-        record[k] for k in ("estimator_s", "flame_s", "gaussian_head_s", "render_s", "mesh_raster_s")
-    )
+    record["losses_s"] = record["forward_and_losses_s"] - sum(record[k] for k in parts)
     return emit({**record, **machine_info()})

@@ -13,6 +13,11 @@ by the config (class_path + init_args); a weight of 0 or a missing module disabl
 weight 0 is rejected so that nothing runs silently unused. Every term is logged (`train/<name>`), weighted and
 unweighted. A non-finite loss skips the step (all ranks agree) and is counted in `train/skipped_steps`.
 
+``renderer="mesh"`` is the mesh-only ablation (:class:`~headrecon.gaussians.mesh_head.TexturedMeshHead`): the
+same estimator, UV generator and lighting, but the UV map is an albedo texture on the rasterised FLAME mesh
+instead of Gaussians. Normal/depth consistency and the Gaussian regularisers do not apply (they are not computed),
+the silhouette term carries no gradient (discrete visibility), and there is nothing to densify.
+
 Batches (see `HeadDataModule`): ``source``, ``target`` [B, 3, S, S] in [0, 1]; optional ``target_mask``
 [B, 1, S, S], ``target_landmarks`` [B, 68, 2] (crop pixels), and on synthetic data ``target_flame`` (dict of
 [B, D]) for geometric validation.
@@ -31,6 +36,7 @@ from torch import Tensor, nn
 from headrecon.flame.params import FlameParams
 from headrecon.gaussians.densify import DensifyStatistics, densify_signal
 from headrecon.gaussians.head import GaussianHead
+from headrecon.gaussians.mesh_head import TexturedMeshHead
 from headrecon.losses.geometry import (
     DepthConsistency,
     NormalConsistency,
@@ -67,8 +73,11 @@ class GaussianRegressor(pl.LightningModule):
 
     Args:
         estimator: the FLAME estimator being trained (its `flame` gives the topology and UVs).
-        head_kwargs: arguments of :class:`~headrecon.gaussians.head.GaussianHead` (latent and lighting sizes
-            are taken from the estimator).
+        head_kwargs: arguments of :class:`~headrecon.gaussians.head.GaussianHead`, or with ``renderer="mesh"`` of
+            :class:`~headrecon.gaussians.mesh_head.TexturedMeshHead` (latent and lighting sizes are taken from the
+            estimator).
+        renderer: ``"gaussians"`` (SHeaP: 2DGS surfels bound to the mesh) or ``"mesh"`` (the mesh-only ablation:
+            the UV generator's output as a texture on the rasterised mesh).
         render_size: side of the square renders (targets are resized to it).
         backend: 2DGS backend, "auto" (gsplat on CUDA, portable elsewhere), "torch" or "gsplat".
         background: RGB of the render background (also composited where the target has no mask).
@@ -89,6 +98,7 @@ class GaussianRegressor(pl.LightningModule):
         self,
         estimator: FlameEstimator,
         head_kwargs: dict[str, Any] | None = None,
+        renderer: str = "gaussians",
         render_size: int = 128,
         backend: str = "auto",
         background: tuple[float, float, float] = (0.0, 0.0, 0.0),
@@ -147,8 +157,14 @@ class GaussianRegressor(pl.LightningModule):
         kw.setdefault("use_dino", dino is not None)
         if kw["use_dino"] and dino is None:
             raise ValueError("head_kwargs.use_dino is set but no dino module is configured")
-        self.head = GaussianHead(flame.faces, flame.uvs, flame.uv_faces, **kw)
-        self.densify_statistics = DensifyStatistics(len(self.head.canonical_gaussians), t_history)
+        if renderer == "gaussians":
+            self.head = GaussianHead(flame.faces, flame.uvs, flame.uv_faces, **kw)
+            self.densify_statistics = DensifyStatistics(len(self.head.canonical_gaussians), t_history)
+        elif renderer == "mesh":
+            self.head = TexturedMeshHead(flame.faces, flame.uvs, flame.uv_faces, **kw)
+            self.densify_statistics = None
+        else:
+            raise ValueError(f"GaussianRegressor: renderer must be 'gaussians' or 'mesh', got {renderer!r}")
         self.pretrained = nn.ModuleDict()
         for name, module, weight in (("perceptual", perceptual_loss, w_perceptual),
                                      ("identity", identity_loss, w_identity),
@@ -174,6 +190,10 @@ class GaussianRegressor(pl.LightningModule):
     # ---------------------------------------------------------------------------- densification protocol
     @property
     def canonical_gaussians(self):
+        if self.config["renderer"] != "gaussians":
+            raise AttributeError(
+                f"renderer={self.config['renderer']!r} has no Gaussians (nothing to densify)"
+            )
         return self.head.canonical_gaussians
 
     def densify_signal(self) -> tuple[Tensor, Tensor] | None:
@@ -197,9 +217,15 @@ class GaussianRegressor(pl.LightningModule):
         flame_out = self.estimator.flame(params)
         verts = flame_out.vertices
         tokens = self.dino(source) if self.dino is not None else None
-        head = self.head(identity, verts, lighting, tokens)
         cams = self.cameras(B)
         bg = torch.tensor(self.config["background"], device=self.device, dtype=verts.dtype).expand(B, 3)
+        if self.config["renderer"] == "mesh":
+            head = self.head(identity, lighting, tokens)
+            render = self.head.render(head, verts, cams, bg)
+            return dict(source_params=p_src, target_params=p_tgt, params=params, flame=flame_out, head=head,
+                        render=render, fragments=render.fragments, mesh_normals=render.normals,
+                        mesh_front=None, cameras=cams)  # fmt: skip
+        head = self.head(identity, verts, lighting, tokens)
         render = render_surfels(head.surfels, cams, backend=self.config["backend"], background=bg)
         frag = rasterize_mesh(verts, self.estimator.flame.faces, cams)
         mesh_normals = interpolate_vertex_attributes(frag, self.estimator.flame.faces,
@@ -241,15 +267,20 @@ class GaussianRegressor(pl.LightningModule):
         terms: dict[str, Tensor] = {"l1": self.l1(rgb, target)}
         for name, module in self.pretrained.items():
             terms[name] = module(rgb, target)
-        # Normal and depth consistency where the mesh is seen from the front: inside an open mouth the mesh shows
-        # the back of the lips, where the camera-facing surfels cannot agree with it (it biased the jaw closed).
-        geo_pixels = out["mesh_front"]
-        if hp["consistency_edge_m"] is not None:
-            frag = out["fragments"]
-            geo_pixels = geo_pixels & ~depth_discontinuities(frag.depth, frag.mask, hp["consistency_edge_m"])
-        geo_mask = consistency_mask(geo_pixels, render.alphas)
-        terms["normals"] = self.normals_loss(render.normals, out["mesh_normals"], geo_mask)
-        terms["depth"] = self.depth_loss(render.depth_expected, out["fragments"].depth, geo_mask)
+        gaussians = hp["renderer"] == "gaussians"
+        if gaussians:
+            # Normal and depth consistency where the mesh is seen from the front: inside an open mouth the mesh
+            # shows the back of the lips, where the camera-facing surfels cannot agree with it (it biased the jaw
+            # closed).
+            geo_pixels = out["mesh_front"]
+            if hp["consistency_edge_m"] is not None:
+                frag = out["fragments"]
+                geo_pixels = geo_pixels & ~depth_discontinuities(
+                    frag.depth, frag.mask, hp["consistency_edge_m"]
+                )
+            geo_mask = consistency_mask(geo_pixels, render.alphas)
+            terms["normals"] = self.normals_loss(render.normals, out["mesh_normals"], geo_mask)
+            terms["depth"] = self.depth_loss(render.depth_expected, out["fragments"].depth, geo_mask)
         both = FlameParams.cat([out["source_params"], out["target_params"]])
         terms["shape_prior"] = self.prior(out["source_params"].shape)
         terms["expression_prior"] = self.prior(both.expression)
@@ -260,9 +291,10 @@ class GaussianRegressor(pl.LightningModule):
         mask = self.render_mask(batch)
         if hp["w_silhouette"] and mask is not None:
             terms["silhouette"] = self.silhouette(render.alphas.permute(0, 3, 1, 2), mask)
-        attrs = out["head"].attributes
-        for k, v in self.gaussian_reg(attrs.offsets, attrs.scales, attrs.opacities).items():
-            terms[k] = v
+        if gaussians:
+            attrs = out["head"].attributes
+            for k, v in self.gaussian_reg(attrs.offsets, attrs.scales, attrs.opacities).items():
+                terms[k] = v
         if hp["w_landmarks"] and "target_landmarks" in batch and out["flame"].landmarks68 is not None:
             pix, _ = out["cameras"].project(out["flame"].landmarks68)
             scale = s / batch["target"].shape[-1]
@@ -288,7 +320,8 @@ class GaussianRegressor(pl.LightningModule):
             self._signal = None
             self.log("train/skipped_steps", self.skipped_steps.float(), batch_size=B)
             return None
-        self._signal = (out["head"].surfels.opacities, out["render"].means2d_grad_handle)
+        if self.config["renderer"] == "gaussians":
+            self._signal = (out["head"].surfels.opacities, out["render"].means2d_grad_handle)
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, batch_size=B, prog_bar=False)
         self.log("train/skipped_steps", self.skipped_steps.float(), batch_size=B)
         self._last = {"batch": batch, "out": {"render": out["render"]}}  # for image logging callbacks
