@@ -46,11 +46,11 @@ def test_demo_end_to_end_writes_report(tmp_path, config, run_dir):
         os.chdir(cwd)
     out = tmp_path / "demo_out"
     assert report["steps"] == 3
-    saved = json.loads((out / "report.json").read_text())
+    run = out / run_dir
+    saved = json.loads((run / "report.json").read_text())
     for k in ("before", "after", "mean_head"):
         assert saved["vertex_error_mm"][k] > 0
-    assert (out / "samples.png").stat().st_size > 0 and (out / "procedural_head.png").exists()
+    assert (run / "samples.png").stat().st_size > 0 and (out / "procedural_head.png").exists()
     assert saved["renderer"] == ("mesh" if run_dir == "mesh" else "gaussians")
     assert (saved["gaussians"] is None) == (run_dir == "mesh")
-    run = out / run_dir
     assert (run / "checkpoints" / "last.ckpt").exists() and any((run / "logs").rglob("events.out.tfevents*"))
