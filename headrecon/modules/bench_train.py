@@ -3,8 +3,9 @@
 Builds model and data from a config (default: the synthetic demo's, preparing its assets under --out as `headrecon
 demo` does), takes one training batch, and times, over repeats: the estimator forward on source and target, the
 FLAME forward, the Gaussian head, the 2DGS render, the mesh rasterisation, the losses, the backward pass and the
-optimiser step (with ``renderer: mesh``: the textured-mesh head and its render instead of the Gaussian head, the 2DGS
-render and the consistency rasterisation), each separately (stages are re-run up to themselves, then timed), plus the full step.
+optimiser step (with ``renderer: mesh``: the textured-mesh head and its render instead of the Gaussian head, the
+2DGS render and the consistency rasterisation), each separately (stages are re-run up to themselves, then timed),
+plus the full step.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def bench_train(argv: list[str] | None = None) -> dict:
         verts = flame(params).vertices
         cams = model.cameras(B)
         mesh = model.config["renderer"] == "mesh"
-        bg = torch.zeros(B, 3)
+        bg = torch.tensor(model.config["background"], dtype=verts.dtype).expand(B, 3)
         if mesh:
             head_out = model.head(e.identity[:B], e.lighting[B:])
         else:
