@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from headrecon.io.atomic import atomic_path, atomic_write_bytes, save_image, save_npz
+from headrecon.io.atomic import atomic_path, atomic_write_bytes, save_csv, save_image, save_npz
 from headrecon.io.mesh import read_obj, write_obj, write_ply
 
 
@@ -27,6 +27,16 @@ def test_save_npz_and_image(tmp_path):
     save_image(tmp_path / "img.png", np.linspace(0, 1, 12).reshape(2, 2, 3))
     img = np.asarray(Image.open(tmp_path / "img.png"))
     assert img.shape == (2, 2, 3) and img.dtype == np.uint8 and img[1, 1, 2] == 255
+
+
+def test_save_csv_round_trip_and_quoting(tmp_path):
+    import csv
+
+    path = save_csv(tmp_path / "t.csv", ["name", "error_mm"], [["a, b", 1.5], ['say "hi"', 2]])
+    assert path.read_bytes().count(b"\r") == 0
+    with open(path, newline="") as f:
+        assert list(csv.reader(f)) == [["name", "error_mm"], ["a, b", "1.5"], ['say "hi"', "2"]]
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
 
 
 def test_obj_round_trip_with_uvs(tmp_path, rng):

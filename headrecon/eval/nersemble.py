@@ -44,11 +44,10 @@ from torch import Tensor
 from headrecon.eval.now import (
     SCAN_UNITS_TO_MM,
     ScanResult,
-    _csv_bytes,
     error_stats,
     evaluate_scan,
 )
-from headrecon.io.atomic import atomic_write_bytes, save_image
+from headrecon.io.atomic import atomic_write_bytes, save_csv, save_image
 
 __all__ = [
     "NersembleSample",
@@ -371,7 +370,7 @@ def run_nersemble(
                                      Cameras, render_mesh, write_ply)  # fmt: skip
             log.info("nersemble %s: mean %.3f median %.3f mm", c.name, st["mean_mm"], st["median_mm"])
     header = ["subject", "expression", "view", "n_points", "mean_mm", "median_mm", "scale"]
-    atomic_write_bytes(out / "per_image.csv", _csv_bytes(header, rows))
+    save_csv(out / "per_image.csv", header, rows)
     errors = np.concatenate(all_errors)
     summary = {
         "images": len(rows),

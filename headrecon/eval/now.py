@@ -42,7 +42,6 @@ with chumpy's dogleg solver; here it is a damped Gauss-Newton on exact closest p
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import logging
@@ -57,7 +56,7 @@ from torch import Tensor
 
 from headrecon.eval.distance import point_to_mesh
 from headrecon.eval.metrics import kabsch
-from headrecon.io.atomic import atomic_write_bytes, save_image
+from headrecon.io.atomic import atomic_write_bytes, save_csv, save_image
 
 __all__ = [
     "SCAN_UNITS_TO_MM",
@@ -440,14 +439,6 @@ def predict_neutral(estimator, images: Tensor) -> tuple[Tensor, Tensor]:
     return out.vertices, out.landmarks_now7
 
 
-def _csv_bytes(header: list[str], rows: list[list]) -> bytes:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
-    w.writerows(rows)
-    return buf.getvalue().encode()
-
-
 def run_now(
     ckpt: str | os.PathLike,
     now_root: str | os.PathLike,
@@ -507,7 +498,7 @@ def run_now(
                 atomic_write_bytes(stem.with_suffix(".npy"), _npy_bytes(lmks[i]))
             log.info("NoW %s: median %.3f mean %.3f mm", c.rel_path, st["median_mm"], st["mean_mm"])
     header = ["image", "subject", "condition", "median_mm", "mean_mm", "std_mm", "n_vertices", "scale"]
-    atomic_write_bytes(out / "per_image.csv", _csv_bytes(header, rows))
+    save_csv(out / "per_image.csv", header, rows)
     errors = np.concatenate(all_errors)
     summary = {
         "split": split,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["atomic_path", "atomic_write_bytes", "save_npz", "save_image"]
+__all__ = ["atomic_path", "atomic_write_bytes", "save_csv", "save_npz", "save_image"]
 
 
 @contextlib.contextmanager
@@ -46,6 +46,18 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+def save_csv(path: str | os.PathLike, header: list[str], rows: list[list]) -> Path:
+    """A CSV table (`header`, then `rows`; "\\n" line ends) written atomically."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return atomic_write_bytes(path, buf.getvalue().encode())
 
 
 def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
