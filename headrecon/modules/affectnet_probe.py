@@ -7,8 +7,8 @@ estimator and cached (:mod:`headrecon.data.affectnet`), to AffectNet's 8 emotion
     Adam(lr 1e-4, weight decay 1e-6), lr x 0.6 after every epoch (StepLR), batch 16, 20 epochs
 
 Batches (see :class:`~headrecon.data.affectnet.AffectNetDataModule`): ``{"features": [B, F], "emotion":
-[B] long (class 0..7), "valence": [B], "arousal": [B]}``. Inputs are standardised with the training set's per-feature mean
-and standard deviation (buffers filled from the DataModule at fit start and saved in checkpoints; disable with
+[B] long (class 0..7), "valence": [B], "arousal": [B]}``. Inputs are standardised with the training set's
+per-feature mean and standard deviation (buffers filled from the DataModule at fit start and saved in checkpoints; disable with
 ``standardize=False``). Validation and test log ``{val,test}/{valence,arousal}_{ccc,pcc,rmse,sagr}``,
 ``{val,test}/expression_accuracy`` and ``{val,test}/expression_f1_macro``
 (:class:`~headrecon.eval.emotion_metrics.EmotionMetrics`).
