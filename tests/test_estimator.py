@@ -117,6 +117,35 @@ def test_parameterisations():
     torch.testing.assert_close(out.flame.eyelids, torch.full((1, 2), 0.1))
 
 
+@pytest.mark.parametrize("opening_deg", [30.0, -20.0])
+def test_jaw_opening_relu_is_smirks_parameterisation(opening_deg):
+    """jaw_opening='relu': the opening (x) is relu'd, a sideways twist is clamped to jaw_side_max; 'free' keeps
+    both. The jaw is set through the pose head's bias as a rotation about x, then about z."""
+    a = math.radians(opening_deg)
+    # 0.4 rad sideways: past the 0.2 clamp
+    twist = Rotation.from_euler("x", a) * Rotation.from_euler("z", 0.4)
+    d6 = matrix_to_rotation_6d(torch.tensor(twist.as_matrix(), dtype=torch.float32)[None])[0]
+    expected_free = torch.tensor(twist.as_rotvec(), dtype=torch.float32)[None]
+    tok = torch.zeros(1, len(QUERY_GROUPS), 64)
+    outs = {}
+    for mode in ("free", "relu"):
+        net = _net(head_init="zero", jaw_opening=mode)
+        with torch.no_grad():
+            net.heads["pose"][2].bias[12:18] = d6 - torch.tensor(IDENTITY_6D)
+        outs[mode] = net.decode(tok).flame.jaw_rotation
+    torch.testing.assert_close(outs["free"], expected_free, atol=1e-5, rtol=0)
+    relu = outs["relu"].detach()
+    assert relu[0, 0].item() == pytest.approx(max(expected_free[0, 0].item(), 0.0), abs=1e-6)
+    assert relu[0, 1].item() == pytest.approx(expected_free[0, 1].item(), abs=1e-6)  # inside the clamp
+    assert relu[0, 2].item() == pytest.approx(0.2)  # clamped
+    # gradients flow through an open jaw; a closed one stops at zero (SMIRK's relu)
+    net = _net(jaw_opening="relu")
+    net.decode(torch.randn(3, len(QUERY_GROUPS), 64)).flame.jaw_rotation[:, 0].sum().backward()
+    assert net.heads["pose"][2].weight.grad is not None
+    with pytest.raises(ValueError, match="jaw_opening"):
+        _net(jaw_opening="clamp")
+
+
 def test_rotation_conversions_against_scipy():
     rng = np.random.default_rng(0)
     R = Rotation.random(64, random_state=1)

@@ -84,6 +84,19 @@ def test_loads_estimator_from_a_gaussian_regressor_style_checkpoint(estimator, t
         FlameEstimator.from_checkpoint(tmp_path / "bad.ckpt")
 
 
+def test_from_checkpoint_prefers_the_weight_average(estimator, tmp_path):
+    """A GaussianRegressor checkpoint written with SubmoduleEMA: state_dict_ema wins unless use_ema=False."""
+    live = {f"estimator.{k}": v for k, v in estimator.state_dict().items()}
+    avg = {k: v + 0.01 if v.is_floating_point() else v for k, v in live.items() if ".net." in f".{k}"}
+    hp = {"estimator_hparams": dict(estimator.config)}
+    torch.save({"state_dict": live, "state_dict_ema": avg, "hyper_parameters": hp}, tmp_path / "gr.ckpt")
+    name = next(k for k in avg if avg[k].is_floating_point())[len("estimator.") :]
+    with_ema = FlameEstimator.from_checkpoint(tmp_path / "gr.ckpt").state_dict()
+    without = FlameEstimator.from_checkpoint(tmp_path / "gr.ckpt", use_ema=False).state_dict()
+    torch.testing.assert_close(with_ema[name], avg[f"estimator.{name}"])
+    torch.testing.assert_close(without[name], live[f"estimator.{name}"])
+
+
 def test_reconstruct_end_to_end_with_a_corrupt_image(estimator, tmp_path, caplog):
     from headrecon.cli import main
 

@@ -38,8 +38,8 @@ class FlameEstimator(pl.LightningModule):
 
     Args:
         flame_dir: FLAME folder or model file (official files, converted npz or the procedural head).
-        backbone, img_size, n_shape, n_expression, identity_dim, lighting_dim, timm_kwargs, stem, head_init: the network
-            (see :class:`~headrecon.nets.estimator.FlameEstimatorNet`).
+        backbone, img_size, n_shape, n_expression, identity_dim, lighting_dim, timm_kwargs, stem, head_init,
+            jaw_opening: the network (see :class:`~headrecon.nets.estimator.FlameEstimatorNet`).
         init: "farl" (FaRL checkpoint at `pretrained_path`), "random" (logged loudly) or "deferred" (weights
             come from a checkpoint right after construction).
         lr, weight_decay: AdamW for the supervised baseline.
@@ -60,6 +60,7 @@ class FlameEstimator(pl.LightningModule):
         timm_kwargs: dict[str, Any] | None = None,
         stem: str = "patch",
         head_init: str = "default",
+        jaw_opening: str = "free",
         lr: float = 1e-4,
         weight_decay: float = 1e-4,
         param_loss_weight: float = 1.0,
@@ -74,17 +75,24 @@ class FlameEstimator(pl.LightningModule):
         self.net = FlameEstimatorNet(
             backbone=backbone, img_size=img_size, n_shape=n_shape, n_expression=n_expression,
             identity_dim=identity_dim, lighting_dim=lighting_dim, init=init, pretrained_path=pretrained_path,
-            timm_kwargs=timm_kwargs, stem=stem, head_init=head_init,
+            timm_kwargs=timm_kwargs, stem=stem, head_init=head_init, jaw_opening=jaw_opening,
         )  # fmt: skip
         self.flame = FlameModel.from_path(flame_dir, n_shape=n_shape, n_expression=n_expression)
 
     # ---------------------------------------------------------------------------------------------- loading
     @classmethod
     def from_checkpoint(
-        cls, path: str | os.PathLike, *, flame_dir: str | None = None, map_location: Any = "cpu"
+        cls,
+        path: str | os.PathLike,
+        *,
+        flame_dir: str | None = None,
+        map_location: Any = "cpu",
+        use_ema: bool = True,
     ) -> FlameEstimator:
         """Load the estimator from one of our checkpoints: a FlameEstimator one, or a GaussianRegressor one
-        (its ``estimator.*`` weights). `flame_dir` overrides the FLAME path stored in the checkpoint."""
+        (its ``estimator.*`` weights). `flame_dir` overrides the FLAME path stored in the checkpoint. With
+        `use_ema` (default) the weight average kept by :class:`headrecon.callbacks.SubmoduleEMA`
+        (``state_dict_ema``) is used where the checkpoint has one."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such checkpoint")
@@ -93,6 +101,9 @@ class FlameEstimator(pl.LightningModule):
             raise ValueError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
         hp = dict(ckpt.get("estimator_config") or ckpt.get("hyper_parameters", {}))
         state = ckpt["state_dict"]
+        if use_ema and ckpt.get("state_dict_ema"):
+            state = {**state, **ckpt["state_dict_ema"]}
+            log.info("%s: using the estimator's weight average (state_dict_ema)", path)
         if any(k.startswith("estimator.net.") for k in state):  # a GaussianRegressor checkpoint
             hp = dict(
                 ckpt.get("estimator_config") or ckpt.get("hyper_parameters", {}).get("estimator_hparams", {})

@@ -15,7 +15,10 @@ Outputs and parameterisations
 - shape [B, n_shape], expression [B, n_expression]: linear outputs (unit-variance FLAME PCA coefficients).
 - rotations (global, neck, jaw, left eye, right eye), from the pose token: each predicted as a 6D rotation
   (:mod:`headrecon.nets.rotation6d`) ``IDENTITY_6D + head output``, orthonormalised, returned as axis-angle
-  [B, 3] radians.
+  [B, 3] radians. With ``jaw_opening="relu"`` (SMIRK's parameterisation, off by default) the jaw's opening
+  component (x, FLAME's jaw opens about +x) is ``relu(x)`` and its sideways components (y, z) are clamped to
+  +-``jaw_side_max`` (0.2 rad): the jaw cannot close through the upper lip or twist past anatomy, by construction
+  rather than by a soft penalty that a photometric loss can outweigh (docs/results.md, session 5).
 - eyelids [B, 2], from the expression token: ``sigmoid(z + logit(eyelid_init))`` in (0, 1), 0 open .. 1 closed.
   A sigmoid rather than a clamp so the gradient never dies; at initialisation the eyelids are ``eyelid_init``
   (default 0.02, i.e. open).
@@ -265,6 +268,9 @@ class FlameEstimatorNet(nn.Module):
             num_heads=2`` for a tiny test backbone). ``num_classes`` is always 0.
         stem: ``"patch"`` (the backbone's patch embedding) or ``"conv"`` (a convolutional stem, see the module
             docstring; needs a power-of-two patch size and no pretrained checkpoint).
+        jaw_opening: ``"free"`` (the jaw's axis-angle as predicted) or ``"relu"`` (SMIRK's: opening ``relu(x)``,
+            sideways components clamped to +-``jaw_side_max`` radians); see the module docstring.
+        jaw_side_max: the clamp of the jaw's sideways components with ``jaw_opening="relu"`` (radians).
 
     Input ``images`` [B, 3, img_size, img_size] RGB in [0, 1]; the module normalises them with the backbone's
     ``pretrained_cfg`` mean and std (OpenAI CLIP's for the CLIP layouts, which FaRL also uses), stored as
@@ -288,8 +294,13 @@ class FlameEstimatorNet(nn.Module):
         fast_mlp: bool = True,
         timm_kwargs: dict[str, Any] | None = None,
         stem: str = "patch",
+        jaw_opening: str = "free",
+        jaw_side_max: float = 0.2,
     ) -> None:
         super().__init__()
+        if jaw_opening not in ("free", "relu"):
+            raise ValueError(f"FlameEstimatorNet: jaw_opening must be 'free' or 'relu', got {jaw_opening!r}")
+        self.jaw_opening, self.jaw_side_max = jaw_opening, float(jaw_side_max)
         if head_init not in ("default", "zero"):
             raise ValueError(f"FlameEstimatorNet: head_init must be 'default' or 'zero', got {head_init!r}")
         if stem not in ("patch", "conv"):
@@ -426,6 +437,10 @@ class FlameEstimatorNet(nn.Module):
         translation = pose[:, 6 * n_rot :] * self.translation_scale
         eyelids = torch.sigmoid(eyelid_z + self.eyelid_logit)
         rotations = {name: aa[:, i] for i, name in enumerate(ROTATION_FIELDS)}
+        if self.jaw_opening == "relu":
+            jaw = rotations["jaw_rotation"]
+            side = jaw[:, 1:].clamp(-self.jaw_side_max, self.jaw_side_max)
+            rotations["jaw_rotation"] = torch.cat([torch.relu(jaw[:, :1]), side], dim=1)
         flame = FlameParams(
             shape=shape,
             expression=expression,
