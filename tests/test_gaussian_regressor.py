@@ -70,6 +70,22 @@ def test_training_steps_densify_and_reduce_the_loss(flame_dir, tmp_path):
     assert after < before
 
 
+def test_estimator_warmup_ramps_only_the_estimator_group(flame_dir):
+    assert isinstance(_model(flame_dir).configure_optimizers(), torch.optim.AdamW)  # default: no schedule
+    conf = _model(
+        flame_dir, lr_estimator=1e-3, lr_regressor=2e-3, estimator_warmup_steps=3
+    ).configure_optimizers()
+    opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    assert conf["lr_scheduler"]["interval"] == "step"
+    lrs = []
+    for _ in range(5):
+        lrs.append({g["name"]: g["lr"] for g in opt.param_groups})
+        opt.step()
+        sched.step()
+    assert [r["estimator"] for r in lrs] == pytest.approx([0.25e-3, 0.5e-3, 0.75e-3, 1e-3, 1e-3])
+    assert [r["regressor"] for r in lrs] == pytest.approx([2e-3] * 5)
+
+
 def test_our_additional_terms_only_when_weighted(flame_dir):
     batch = _pairs(_model(flame_dir), n=2)
     with torch.no_grad():

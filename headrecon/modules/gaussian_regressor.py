@@ -91,6 +91,9 @@ class GaussianRegressor(pl.LightningModule):
         consistency_edge_m: our addition, off (None) by default: leave pixels next to a depth step of the mesh larger
             than this (metres) out of the normal and depth consistency terms (`depth_discontinuities`).
         lr_estimator, lr_regressor, weight_decay: AdamW with one group per network.
+        estimator_warmup_steps: if > 0, the estimator group's learning rate ramps linearly from
+            ``lr_estimator / (n + 1)`` to ``lr_estimator`` over the first n optimiser steps (a per-step `LambdaLR`);
+            the regressor's stays constant. 0 (default): no schedule, as in the supplementary.
         t_history: window of the densification statistics (the `DensifyPrune` callback may reset it).
     """
 
@@ -126,6 +129,7 @@ class GaussianRegressor(pl.LightningModule):
         lr_estimator: float = 1e-5,
         lr_regressor: float = 1e-4,
         weight_decay: float = 1e-4,
+        estimator_warmup_steps: int = 0,
         t_history: int = 256,
     ) -> None:
         # Our own record of the constructor arguments (see FlameEstimator: under LightningCLI, nested modules
@@ -358,12 +362,19 @@ class GaussianRegressor(pl.LightningModule):
         regressor = [
             p for n, p in self.named_parameters() if not n.startswith(("estimator.", "pretrained.", "dino."))
         ]
-        return torch.optim.AdamW(
+        optimizer = torch.optim.AdamW(
             [{"params": [p for p in self.estimator.parameters() if p.requires_grad], "lr": hp['lr_estimator'],
               "name": "estimator"},
              {"params": [p for p in regressor if p.requires_grad], "lr": hp['lr_regressor'], "name": "regressor"}],
             weight_decay=hp['weight_decay'],
         )  # fmt: skip
+        warmup = int(hp.get("estimator_warmup_steps", 0))
+        if warmup <= 0:
+            return optimizer
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, [lambda step: min(1.0, (step + 1) / (warmup + 1)), lambda step: 1.0]
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["estimator_config"] = dict(self.estimator.config)

@@ -18,7 +18,9 @@ Outputs and parameterisations
   [B, 3] radians. With ``jaw_opening="relu"`` (SMIRK's parameterisation, off by default) the jaw's opening
   component (x, FLAME's jaw opens about +x) is ``relu(x)`` and its sideways components (y, z) are clamped to
   +-``jaw_side_max`` (0.2 rad): the jaw cannot close through the upper lip or twist past anatomy, by construction
-  rather than by a soft penalty that a photometric loss can outweigh (docs/results.md, session 5).
+  rather than by a soft penalty that a photometric loss can outweigh. The price: once the opening's
+  pre-activation is negative no gradient reaches it; on the synthetic demo that happens within the first steps
+  and the jaw stays at exactly 0 (docs/results.md, session 5).
 - eyelids [B, 2], from the expression token: ``sigmoid(z + logit(eyelid_init))`` in (0, 1), 0 open .. 1 closed.
   A sigmoid rather than a clamp so the gradient never dies; at initialisation the eyelids are ``eyelid_init``
   (default 0.02, i.e. open).
