@@ -27,11 +27,11 @@ def test_paper_config_lists_all_missing_files(tmp_path, capsys):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "config, run_dir",
-    [("sheap_synthetic.yaml", "."), ("sheap_synthetic_mesh.yaml", "mesh")],
-    ids=["gaussians", "mesh"],
+    "config, run_dir, max_time",
+    [("sheap_synthetic.yaml", ".", None), ("sheap_synthetic_mesh.yaml", "mesh", "{milliseconds: 1}")],
+    ids=["gaussians", "mesh-time-limit"],
 )
-def test_demo_end_to_end_writes_report(tmp_path, config, run_dir):
+def test_demo_end_to_end_writes_report(tmp_path, config, run_dir, max_time):
     import json
 
     from headrecon.demo import run_demo
@@ -41,11 +41,14 @@ def test_demo_end_to_end_writes_report(tmp_path, config, run_dir):
     try:
         report = run_demo(["--config", str(ROOT / "lightning_configs" / config), "--subjects", "3",
                            "--clips", "1", "--frames", "4", "--trainer.max_steps", "3",
-                           "--trainer.val_check_interval", "3", "--trainer.enable_progress_bar", "false"])  # fmt: skip
+                           "--trainer.val_check_interval", "3", "--trainer.enable_progress_bar", "false",
+                           *(["--trainer.max_time", max_time] if max_time else [])])  # fmt: skip
     finally:
         os.chdir(cwd)
     out = tmp_path / "demo_out"
-    assert report["steps"] == 3
+    # the configs' max_time (9 min) does not bind at 3 steps; 1 ms stops training after the first step
+    assert (report["steps"], report["stopped_by_time"]) == ((1, True) if max_time else (3, False))
+    assert report["max_steps"] == 3
     run = out / run_dir
     saved = json.loads((run / "report.json").read_text())
     for k in ("before", "after", "mean_head"):
