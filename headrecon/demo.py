@@ -135,7 +135,8 @@ def run_demo(argv: list[str] | None = None) -> dict:
     md = [
         "# headrecon synthetic demo",
         "",
-        f"{report['steps']} steps in {report['train_seconds']} s (total {report['total_seconds']} s"
+        f"{report['steps']} {'step' if report['steps'] == 1 else 'steps'} in {report['train_seconds']} s "
+        f"(total {report['total_seconds']} s"
         + (f"; stopped by `trainer.max_time` before {trainer.max_steps} steps" if stopped_by_time else "")
         + "); "
         + (
