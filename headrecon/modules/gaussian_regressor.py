@@ -368,7 +368,7 @@ class GaussianRegressor(pl.LightningModule):
              {"params": [p for p in regressor if p.requires_grad], "lr": hp['lr_regressor'], "name": "regressor"}],
             weight_decay=hp['weight_decay'],
         )  # fmt: skip
-        warmup = int(hp.get("estimator_warmup_steps", 0))
+        warmup = hp["estimator_warmup_steps"]
         if warmup <= 0:
             return optimizer
         schedule = torch.optim.lr_scheduler.LambdaLR(
